@@ -1,0 +1,444 @@
+"""Configuration: a TOML file read into frozen dataclasses.
+
+Every problem in the file is collected and reported together, each with the
+file, the key path and what was expected, so one run of `gateway
+check-config` shows everything to fix. API keys never live in the file: it
+names an environment variable (`api_key_env`) and the key is read from there.
+
+    >>> cfg = load_config(DEFAULT_CONFIG_PATH)
+    >>> sorted(cfg.routes) == sorted(cfg.public_models())
+    True
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "config" / "gateway.toml"
+# An installed (non-editable) copy carries the default config inside the package.
+if not DEFAULT_CONFIG_PATH.exists():  # pragma: no cover - depends on install mode
+    DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent / "default.toml"
+
+DIALECTS = ("openai", "anthropic")
+BASIS_POINTS = 10_000
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; `problems` lists every finding."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    connect_s: float = 5.0
+    first_token_s: float = 30.0
+    idle_s: float = 30.0
+    total_s: float = 600.0
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    attempts: int = 2  # attempts on one provider before falling back
+    backoff_base_ms: float = 100.0
+    backoff_cap_ms: float = 2_000.0
+
+
+@dataclass(frozen=True, slots=True)
+class Provider:
+    name: str
+    dialect: str
+    base_url: str
+    api_key: str | None = field(default=None, repr=False)
+    api_key_env: str | None = None
+    max_connections: int = 100
+    keepalive_s: float = 30.0
+    anthropic_version: str = "2023-06-01"
+    default_max_tokens: int = 1024
+    forward_headers: tuple[str, ...] = ()  # lower-case prefixes of client headers passed upstream
+    timeouts: Timeouts = Timeouts()
+    retry: Retry = Retry()
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    provider: str
+    model: str
+
+
+@dataclass(frozen=True, slots=True)
+class Arm:
+    name: str
+    provider: str
+    model: str
+    weight_bp: int  # share of users in basis points (1/10,000)
+
+    @property
+    def target(self) -> Target:
+        return Target(self.provider, self.model)
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    name: str  # the public model name clients ask for
+    salt: str  # experiment salt: change it to reshuffle users
+    arms: tuple[Arm, ...]
+    fallback: tuple[Target, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    input_per_mtok: float
+    output_per_mtok: float
+
+
+@dataclass(frozen=True, slots=True)
+class MockServer:
+    host: str = "127.0.0.1"
+    port: int = 8901
+    tokens: int = 20
+    first_token_delay_ms: float = 50.0
+    inter_token_delay_ms: float = 20.0
+    profiles: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Server:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    max_body_bytes: int = 1_048_576
+    heartbeat_s: float = 15.0
+    default_route: str | None = None  # for /v1/stream/chat requests without a model
+    allow_arm_override: bool = False  # honour X-Gateway-Arm-Override (testing only)
+    cors_origins: tuple[str, ...] = ("*",)
+
+
+@dataclass(frozen=True, slots=True)
+class Log:
+    path: str | None = None  # None: JSON lines on stdout
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    source: str
+    server: Server
+    log: Log
+    providers: Mapping[str, Provider]
+    routes: Mapping[str, Route]
+    pricing: Mapping[str, Price]
+    mock: MockServer | None = None
+
+    def public_models(self) -> list[str]:
+        return list(self.routes)
+
+    def secrets(self) -> list[str]:
+        return [p.api_key for p in self.providers.values() if p.api_key]
+
+
+# --- reading -----------------------------------------------------------------
+
+_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
+               list: "an array", dict: "a table"}
+
+
+class _Reader:
+    """Typed access to one TOML table that records problems instead of raising."""
+
+    def __init__(self, problems: list[str], source: str, path: str, table: Any) -> None:
+        self.problems, self.source, self.path = problems, source, path
+        self.table = table if isinstance(table, dict) else {}
+        self.used: set[str] = set()
+        if not isinstance(table, dict):
+            self.problem("", f"expected a table, got {_describe(table)}")
+
+    def problem(self, key: str, message: str) -> None:
+        where = f"{self.path}.{key}" if self.path and key else (key or self.path or "(top level)")
+        self.problems.append(f"{self.source}: {where}: {message}")
+
+    def get(self, key: str, kind: type, default: Any = None, *, required: bool = False) -> Any:
+        self.used.add(key)
+        if key not in self.table:
+            if required:
+                self.problem(key, f"missing; expected {_TYPE_NAMES[kind]}")
+            return default
+        value = self.table[key]
+        ok = isinstance(value, kind) and not (kind in (int, float) and isinstance(value, bool))
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value, ok = float(value), True
+        if not ok:
+            self.problem(key, f"expected {_TYPE_NAMES[kind]}, got {_describe(value)}")
+            return default
+        return value
+
+    def number(self, key: str, default: float, *, minimum: float = 0.0, positive: bool = True) -> float:
+        value = self.get(key, float, default)
+        if positive and not value > minimum:
+            self.problem(key, f"expected a number greater than {minimum:g}, got {value!r}")
+            return default
+        if not positive and not value >= minimum:
+            self.problem(key, f"expected a number >= {minimum:g}, got {value!r}")
+            return default
+        return value
+
+    def integer(self, key: str, default: int, *, minimum: int = 1) -> int:
+        value = self.get(key, int, default)
+        if value < minimum:
+            self.problem(key, f"expected an integer >= {minimum}, got {value!r}")
+            return default
+        return value
+
+    def strings(self, key: str, default: tuple[str, ...] = ()) -> tuple[str, ...]:
+        value = self.get(key, list, None)
+        if value is None:
+            return default
+        if not all(isinstance(v, str) for v in value):
+            self.problem(key, "expected an array of strings")
+            return default
+        return tuple(value)
+
+    def sub(self, key: str) -> _Reader:
+        self.used.add(key)
+        child = f"{self.path}.{key}" if self.path else key
+        return _Reader(self.problems, self.source, child, self.table.get(key, {}))
+
+    def finish(self) -> None:
+        for key in self.table:
+            if key not in self.used:
+                self.problem(key, "unknown key")
+
+
+def _describe(value: Any) -> str:
+    return f"{type(value).__name__} {value!r}" if not isinstance(value, (dict, list)) else type(value).__name__
+
+
+def load_config(path: str | os.PathLike[str] | None = None,
+                environ: Mapping[str, str] | None = None) -> Config:
+    """Read and validate a config file; raise ConfigError listing every problem."""
+    path = Path(path) if path is not None else DEFAULT_CONFIG_PATH
+    source = str(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError([f"{source}: file not found"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{source}: cannot read: {exc}"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{source}: not valid TOML: {exc}"]) from None
+    return parse_config(raw, source, os.environ if environ is None else environ)
+
+
+def parse_config(raw: dict[str, Any], source: str, environ: Mapping[str, str]) -> Config:
+    problems: list[str] = []
+    top = _Reader(problems, source, "", raw)
+    server = _server(top.sub("server"))
+    log = _log(top.sub("log"))
+    mock = _mock(top.sub("mock")) if "mock" in raw else None
+    top.used.add("mock")
+    providers = _providers(top.sub("providers"), environ)
+    routes = _routes(top.sub("routes"), providers)
+    pricing = _pricing(top.sub("pricing"))
+    top.finish()
+    if not routes and not problems:
+        problems.append(f"{source}: routes: at least one route is required")
+    if server.default_route is not None and server.default_route not in routes:
+        problems.append(f"{source}: server.default_route: no route named {server.default_route!r}")
+    if problems:
+        raise ConfigError(problems)
+    return Config(source, server, log, providers, routes, pricing, mock)
+
+
+def _server(r: _Reader) -> Server:
+    d = Server()
+    port = r.get("port", int, d.port)
+    if not 0 <= port <= 65535:
+        r.problem("port", f"expected a TCP port 0..65535, got {port}")
+    s = Server(
+        host=r.get("host", str, d.host),
+        port=port,
+        max_body_bytes=r.integer("max_body_bytes", d.max_body_bytes),
+        heartbeat_s=r.number("heartbeat_s", d.heartbeat_s),
+        default_route=r.get("default_route", str, None),
+        allow_arm_override=r.get("allow_arm_override", bool, False),
+        cors_origins=r.strings("cors_origins", d.cors_origins),
+    )
+    r.finish()
+    return s
+
+
+def _log(r: _Reader) -> Log:
+    path = r.get("path", str, None)
+    r.finish()
+    return Log(path=path or None)
+
+
+def _mock(r: _Reader) -> MockServer:
+    d = MockServer()
+    profiles: dict[str, dict[str, float]] = {}
+    pr = r.sub("profiles")
+    for name in pr.table:
+        pr.used.add(name)
+        p = pr.sub(name)
+        profiles[name] = {
+            "tokens": p.integer("tokens", d.tokens),
+            "first_token_delay_ms": p.number("first_token_delay_ms", d.first_token_delay_ms, positive=False),
+            "inter_token_delay_ms": p.number("inter_token_delay_ms", d.inter_token_delay_ms, positive=False),
+        }
+        p.finish()
+    m = MockServer(
+        host=r.get("host", str, d.host),
+        port=r.get("port", int, d.port),
+        tokens=r.integer("tokens", d.tokens),
+        first_token_delay_ms=r.number("first_token_delay_ms", d.first_token_delay_ms, positive=False),
+        inter_token_delay_ms=r.number("inter_token_delay_ms", d.inter_token_delay_ms, positive=False),
+        profiles=profiles,
+    )
+    r.finish()
+    return m
+
+
+def _providers(r: _Reader, environ: Mapping[str, str]) -> dict[str, Provider]:
+    providers: dict[str, Provider] = {}
+    for name in r.table:
+        r.used.add(name)
+        providers[name] = _provider(name, r.sub(name), environ)
+    return providers
+
+
+def _provider(name: str, r: _Reader, environ: Mapping[str, str]) -> Provider:
+    d = Provider(name=name, dialect="openai", base_url="")
+    dialect = r.get("dialect", str, "openai", required=True)
+    if dialect not in DIALECTS:
+        r.problem("dialect", f"expected one of {', '.join(DIALECTS)}, got {dialect!r}")
+    base_url = r.get("base_url", str, "", required=True)
+    if base_url and not base_url.startswith(("http://", "https://")):
+        r.problem("base_url", f"expected an http:// or https:// URL, got {base_url!r}")
+    key_env = r.get("api_key_env", str, None) or None
+    api_key = None
+    if key_env is not None:
+        api_key = environ.get(key_env)
+        if not api_key:
+            r.problem("api_key_env", f"environment variable {key_env} is not set (it should hold the API key)")
+    t, rt, dt, dr = r.sub("timeouts"), r.sub("retry"), Timeouts(), Retry()
+    timeouts = Timeouts(
+        connect_s=t.number("connect_s", dt.connect_s),
+        first_token_s=t.number("first_token_s", dt.first_token_s),
+        idle_s=t.number("idle_s", dt.idle_s),
+        total_s=t.number("total_s", dt.total_s),
+    )
+    retry = Retry(
+        attempts=rt.integer("attempts", dr.attempts),
+        backoff_base_ms=rt.number("backoff_base_ms", dr.backoff_base_ms, positive=False),
+        backoff_cap_ms=rt.number("backoff_cap_ms", dr.backoff_cap_ms, positive=False),
+    )
+    t.finish()
+    rt.finish()
+    p = Provider(
+        name=name,
+        dialect=dialect,
+        base_url=base_url.rstrip("/"),
+        api_key=api_key,
+        api_key_env=key_env,
+        max_connections=r.integer("max_connections", d.max_connections),
+        keepalive_s=r.number("keepalive_s", d.keepalive_s),
+        anthropic_version=r.get("anthropic_version", str, d.anthropic_version),
+        default_max_tokens=r.integer("default_max_tokens", d.default_max_tokens),
+        forward_headers=tuple(h.lower() for h in r.strings("forward_headers")),
+        timeouts=timeouts,
+        retry=retry,
+    )
+    r.finish()
+    return p
+
+
+def _target(r: _Reader, providers: Mapping[str, Provider]) -> tuple[str, str]:
+    provider = r.get("provider", str, "", required=True)
+    model = r.get("model", str, "", required=True)
+    if provider and provider not in providers:
+        known = ", ".join(sorted(providers)) or "none defined"
+        r.problem("provider", f"unknown provider {provider!r} (known: {known})")
+    return provider, model
+
+
+def _routes(r: _Reader, providers: Mapping[str, Provider]) -> dict[str, Route]:
+    routes: dict[str, Route] = {}
+    for name in r.table:
+        r.used.add(name)
+        rr = r.sub(name)
+        arms = _arms(rr, providers)
+        fallback = []
+        for i, item in enumerate(rr.get("fallback", list, [])):
+            fr = _Reader(rr.problems, rr.source, f"{rr.path}.fallback[{i}]", item)
+            fallback.append(Target(*_target(fr, providers)))
+            fr.finish()
+        routes[name] = Route(name=name, salt=rr.get("salt", str, name), arms=tuple(arms),
+                             fallback=tuple(fallback))
+        rr.finish()
+    return routes
+
+
+def _arms(rr: _Reader, providers: Mapping[str, Provider]) -> list[Arm]:
+    raw_arms = rr.get("arms", list, [], required=True)
+    if "arms" in rr.table and not raw_arms:
+        rr.problem("arms", "expected at least one arm")
+    arms: list[tuple[str, str, str, float]] = []
+    seen: set[str] = set()
+    for i, item in enumerate(raw_arms):
+        ar = _Reader(rr.problems, rr.source, f"{rr.path}.arms[{i}]", item)
+        name = ar.get("name", str, f"arm{i}", required=True)
+        if name in seen:
+            ar.problem("name", f"duplicate arm name {name!r}")
+        seen.add(name)
+        provider, model = _target(ar, providers)
+        weight = ar.get("weight", float, 0.0, required=True)
+        if weight < 0 or not math.isfinite(weight):
+            ar.problem("weight", f"expected a non-negative number, got {weight!r}")
+        arms.append((name, provider, model, weight))
+        ar.finish()
+    total = sum(a[3] for a in arms)
+    if not arms:
+        return []
+    # Weights are percentages (summing to 100) or basis points (summing to 10,000).
+    if math.isclose(total, 100.0):
+        scale = 100
+    elif math.isclose(total, float(BASIS_POINTS)):
+        scale = 1
+    else:
+        rr.problem("arms", f"weights must sum to 100 (percent) or 10000 (basis points), got {total:g}")
+        return [Arm(n, p, m, 0) for n, p, m, _ in arms]
+    result = []
+    for i, (n, p, m, w) in enumerate(arms):
+        bp = w * scale
+        if not math.isclose(bp, round(bp)):
+            rr.problem(f"arms[{i}].weight", f"{w:g} is finer than one basis point (0.01%)")
+        result.append(Arm(n, p, m, round(bp)))
+    return result
+
+
+def _pricing(r: _Reader) -> dict[str, Price]:
+    prices: dict[str, Price] = {}
+    for model in r.table:
+        r.used.add(model)
+        pr = r.sub(model)
+        prices[model] = Price(
+            input_per_mtok=pr.number("input_per_mtok", 0.0, positive=False),
+            output_per_mtok=pr.number("output_per_mtok", 0.0, positive=False),
+        )
+        pr.finish()
+    return prices
+
+
+def with_overrides(cfg: Config, *, host: str | None = None, port: int | None = None) -> Config:
+    """Apply command-line flags, which win over the file."""
+    from dataclasses import replace
+
+    server = replace(cfg.server, host=host or cfg.server.host,
+                     port=cfg.server.port if port is None else port)
+    return replace(cfg, server=server)

@@ -1,0 +1,101 @@
+"""Upstream dialects: how to ask a provider and how to read its answer.
+
+A dialect knows nothing of the client connection or of timing: it builds the
+upstream request from the client's (OpenAI-shaped) request body and turns each
+upstream SSE event into a `Piece` that says what to forward and what the
+event means for accounting. The relay does the I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ..config import Provider
+from ..sse import Event
+
+
+@dataclass(slots=True)
+class Usage:
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+    @property
+    def known(self) -> bool:
+        return self.completion_tokens is not None
+
+
+@dataclass(slots=True)
+class Piece:
+    """What one upstream event means."""
+
+    out: bytes | None = None   # OpenAI-format SSE bytes for a chat.completions client
+    text: str = ""             # content text the event carries
+    usage_only: bool = False   # carries only usage: forwarded only if the client asked
+    done: bool = False         # the stream's proper terminator
+    error: str | None = None   # the upstream reported an error inside the stream
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamRequest:
+    url: str
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass(slots=True)
+class Completion:
+    """A non-streamed answer, already in OpenAI chat.completion form."""
+
+    body: bytes
+    text: str
+    usage: Usage = field(default_factory=Usage)
+
+
+class StreamTranslator(Protocol):
+    usage: Usage
+
+    def translate(self, event: Event) -> list[Piece]: ...
+
+
+class Dialect(Protocol):
+    name: str
+
+    def build_request(self, provider: Provider, model: str, chat: dict[str, Any],
+                      stream: bool) -> UpstreamRequest: ...
+
+    def stream_translator(self, model: str) -> StreamTranslator: ...
+
+    def parse_completion(self, body: bytes, model: str) -> Completion: ...
+
+
+def error_message(body: bytes) -> str:
+    """The message of an upstream error body, in either dialect's shape."""
+    import orjson
+
+    try:
+        data = orjson.loads(body)
+        err = data.get("error") if isinstance(data, dict) else None
+        if isinstance(err, dict) and isinstance(err.get("message"), str):
+            return err["message"]
+        if isinstance(err, str):
+            return err
+    except orjson.JSONDecodeError:
+        pass
+    text = body[:200].decode("utf-8", "replace").strip()
+    return text or "no error message"
+
+
+def message_text(content: Any) -> str:
+    """Text of an OpenAI message content: a string or a list of text parts."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+
+
+def dialect_for(name: str) -> Dialect:
+    from . import anthropic, openai
+
+    return {"openai": openai.DIALECT, "anthropic": anthropic.DIALECT}[name]

@@ -1,0 +1,76 @@
+"""OpenAI-compatible providers (OpenAI, DeepSeek, any /chat/completions vendor).
+
+The client speaks this dialect too, so stream events are forwarded as the raw
+bytes the upstream sent. Each event is still parsed once, for the text it
+carries and for usage, because the log line needs both.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from ..config import Provider
+from ..sse import Event
+from . import Completion, Piece, UpstreamRequest, Usage, message_text
+
+
+class OpenAIStream:
+    def __init__(self) -> None:
+        self.usage = Usage()
+
+    def translate(self, event: Event) -> list[Piece]:
+        if event.data == "[DONE]":
+            return [Piece(out=event.raw, done=True)]
+        try:
+            chunk = orjson.loads(event.data)
+        except orjson.JSONDecodeError:
+            return [Piece(error="upstream sent an event that is not JSON")]
+        if not isinstance(chunk, dict):
+            return [Piece(error="upstream sent an event that is not a JSON object")]
+        if "error" in chunk:
+            err = chunk["error"]
+            message = err.get("message") if isinstance(err, dict) else str(err)
+            return [Piece(error=f"upstream error: {message}")]
+        usage = chunk.get("usage")
+        if isinstance(usage, dict):
+            self.usage = Usage(usage.get("prompt_tokens"), usage.get("completion_tokens"))
+        choices = chunk.get("choices")
+        if not choices:
+            return [Piece(out=event.raw, usage_only=isinstance(usage, dict))]
+        delta = choices[0].get("delta") or {}
+        text = delta.get("content") or ""
+        return [Piece(out=event.raw, text=text if isinstance(text, str) else "")]
+
+
+class OpenAIDialect:
+    name = "openai"
+
+    def build_request(self, provider: Provider, model: str, chat: dict[str, Any],
+                      stream: bool) -> UpstreamRequest:
+        body = dict(chat, model=model, stream=stream)
+        if stream:
+            # Always ask for usage so every request can be accounted; the relay
+            # drops the usage-only chunk for clients that did not ask for it.
+            body["stream_options"] = {**(chat.get("stream_options") or {}), "include_usage": True}
+        else:
+            body.pop("stream_options", None)
+        headers = {"Content-Type": "application/json",
+                   "Accept": "text/event-stream" if stream else "application/json"}
+        if provider.api_key:
+            headers["Authorization"] = f"Bearer {provider.api_key}"
+        return UpstreamRequest(f"{provider.base_url}/chat/completions", headers, orjson.dumps(body))
+
+    def stream_translator(self, model: str) -> OpenAIStream:
+        return OpenAIStream()
+
+    def parse_completion(self, body: bytes, model: str) -> Completion:
+        data = orjson.loads(body)
+        usage = data.get("usage") or {}
+        choices = data.get("choices") or [{}]
+        text = message_text((choices[0].get("message") or {}).get("content"))
+        return Completion(body, text, Usage(usage.get("prompt_tokens"), usage.get("completion_tokens")))
+
+
+DIALECT = OpenAIDialect()

@@ -1,0 +1,68 @@
+"""Sticky arm assignment for canary and A/B routes.
+
+A user's bucket is a stable hash of the route's salt and the user key, in
+0..9,999; arms own consecutive ranges of buckets in the order the config
+lists them. The hash is blake2b, not Python's `hash()`, which is salted per
+process: the same user lands in the same arm in every worker, after every
+restart, on every machine. Raising the weight of the *last* arm (put the
+canary last) only moves users into it, never out of it.
+
+    >>> from gateway.config import Arm, Route
+    >>> route = Route("chat", "exp-1", (Arm("control", "a", "m", 9000), Arm("canary", "b", "m", 1000)))
+    >>> choose_arm(route, bucket("exp-1", "user-42")).name
+    'control'
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+
+from .config import BASIS_POINTS, Arm, Route, Target
+
+
+@dataclass(frozen=True, slots=True)
+class UserKey:
+    value: str
+    source: str  # user | header | api_key | random
+
+
+def bucket(salt: str, user_key: str) -> int:
+    digest = hashlib.blake2b(f"{salt}\x00{user_key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % BASIS_POINTS
+
+
+def user_key_hash(salt: str, user_key: str) -> str:
+    """What the log records instead of the user id: stable per route, not reversible by lookup table
+    without the salt."""
+    return hashlib.blake2b(f"log\x00{salt}\x00{user_key}".encode(), digest_size=8).hexdigest()
+
+
+def choose_arm(route: Route, user_bucket: int) -> Arm:
+    edge = 0
+    for arm in route.arms:
+        edge += arm.weight_bp
+        if user_bucket < edge:
+            return arm
+    return route.arms[-1]  # unreachable when weights sum to 10,000
+
+
+def pick_user_key(body_user: object, header_user: str | None, api_key: str | None) -> UserKey:
+    """The identity that keeps a user on one arm, from the most to the least specific source."""
+    if isinstance(body_user, str) and body_user:
+        return UserKey(body_user, "user")
+    if header_user:
+        return UserKey(header_user, "header")
+    if api_key:
+        return UserKey(api_key, "api_key")
+    return UserKey(secrets.token_hex(8), "random")
+
+
+def candidates(route: Route, arm: Arm) -> list[Target]:
+    """The arm's own target first, then the route's fallback chain, without repeats."""
+    chain = [arm.target]
+    for target in route.fallback:
+        if target not in chain:
+            chain.append(target)
+    return chain
