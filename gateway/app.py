@@ -113,7 +113,8 @@ async def error_middleware(request: web.Request, handler: Callable[[web.Request]
         code = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}.get(exc.status, "http_error")
         message = {404: f"No endpoint {request.method} {request.path}",
                    405: f"Method {request.method} is not allowed on {request.path}"}.get(exc.status, exc.reason)
-        return error_response(GatewayError(exc.status, code, message), dict(exc.headers))
+        keep = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
+        return error_response(GatewayError(exc.status, code, message), keep)
 
 
 # --- handlers ----------------------------------------------------------------

@@ -1,0 +1,126 @@
+"""Config errors name the file, the key path and what was expected; check-config exits non-zero."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gateway.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
+
+from .conftest import ROOT
+
+PROVIDER = '[providers.p]\ndialect = "openai"\nbase_url = "http://127.0.0.1:1/v1"\n'
+ROUTE = '[routes.r]\narms = [{ name = "a", provider = "p", model = "m", weight = 100 }]\n'
+
+
+def problems(tmp_path: Path, text: str, environ: dict[str, str] | None = None) -> list[str]:
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as raised:
+        load_config(path, environ or {})
+    assert all(p.startswith(f"{path}: ") for p in raised.value.problems)
+    return raised.value.problems
+
+
+def test_default_config_is_valid_without_any_api_key() -> None:
+    config = load_config(DEFAULT_CONFIG_PATH, {})
+    assert config.mock is not None
+    assert all(p.api_key is None for p in config.providers.values())
+
+
+def test_examples_are_valid_when_their_keys_are_set() -> None:
+    examples = sorted((ROOT / "config" / "examples").glob("*.toml"))
+    assert examples
+    for path in examples:
+        env = {name: "test-key" for name in ("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "DEEPSEEK_API_KEY",
+                                             "VENDOR_API_KEY")}
+        config = load_config(path, env)
+        assert config.mock is None and config.routes
+
+
+def test_unknown_key_is_reported_with_its_path(tmp_path: Path) -> None:
+    [problem] = problems(tmp_path, PROVIDER + 'colour = "red"\n' + ROUTE)
+    assert problem.endswith("providers.p.colour: unknown key")
+
+
+def test_bad_type_names_what_was_expected(tmp_path: Path) -> None:
+    [problem] = problems(tmp_path, PROVIDER + "max_connections = \"ten\"\n" + ROUTE)
+    assert "providers.p.max_connections: expected an integer, got str 'ten'" in problem
+
+
+def test_missing_api_key_env_var_is_reported_without_any_value(tmp_path: Path) -> None:
+    [problem] = problems(tmp_path, PROVIDER + 'api_key_env = "MY_KEY"\n' + ROUTE)
+    assert "providers.p.api_key_env: environment variable MY_KEY is not set" in problem
+
+
+def test_api_key_is_read_from_the_named_env_var_and_never_printed(tmp_path: Path) -> None:
+    path = tmp_path / "ok.toml"
+    path.write_text(PROVIDER + 'api_key_env = "MY_KEY"\n' + ROUTE)
+    config = load_config(path, {"MY_KEY": "sk-very-secret-value"})
+    assert config.providers["p"].api_key == "sk-very-secret-value"
+    assert "sk-very-secret-value" not in repr(config)
+
+
+def test_unknown_provider_in_a_route_is_reported(tmp_path: Path) -> None:
+    [problem] = problems(tmp_path, PROVIDER + ROUTE.replace('provider = "p"', 'provider = "q"'))
+    assert "routes.r.arms[0].provider: unknown provider 'q' (known: p)" in problem
+
+
+def test_weights_must_sum_to_100_or_10000(tmp_path: Path) -> None:
+    text = PROVIDER + '[routes.r]\narms = [{ name = "a", provider = "p", model = "m", weight = 60 },' \
+                      ' { name = "b", provider = "p", model = "m", weight = 30 }]\n'
+    [problem] = problems(tmp_path, text)
+    assert "routes.r.arms: weights must sum to 100 (percent) or 10000 (basis points), got 90" in problem
+
+
+def test_duplicate_arm_names_are_rejected(tmp_path: Path) -> None:
+    text = PROVIDER + '[routes.r]\narms = [{ name = "a", provider = "p", model = "m", weight = 50 },' \
+                      ' { name = "a", provider = "p", model = "m", weight = 50 }]\n'
+    [problem] = problems(tmp_path, text)
+    assert "routes.r.arms[1].name: duplicate arm name 'a'" in problem
+
+
+def test_bad_dialect_and_url_are_both_reported(tmp_path: Path) -> None:
+    text = '[providers.p]\ndialect = "cohere"\nbase_url = "ftp://x"\n' + ROUTE
+    found = problems(tmp_path, text)
+    assert any("providers.p.dialect: expected one of openai, anthropic, got 'cohere'" in p for p in found)
+    assert any("providers.p.base_url: expected an http:// or https:// URL" in p for p in found)
+
+
+def test_invalid_toml_is_reported(tmp_path: Path) -> None:
+    [problem] = problems(tmp_path, "[server\n")
+    assert "not valid TOML" in problem
+
+
+def test_negative_timeout_is_rejected(tmp_path: Path) -> None:
+    [problem] = problems(tmp_path, PROVIDER + "timeouts = { idle_s = -1 }\n" + ROUTE)
+    assert "providers.p.timeouts.idle_s: expected a number greater than 0" in problem
+
+
+def check_config(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "gateway", "check-config", *args], cwd=ROOT,
+                          capture_output=True, text=True, env=env)
+
+
+def test_check_config_exits_zero_on_the_default() -> None:
+    result = check_config()
+    assert result.returncode == 0, result.stderr
+    assert "ok" in result.stdout
+
+
+def test_check_config_exits_one_and_lists_every_problem(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text('[providers.p]\ndialect = "cohere"\nbase_url = "http://x"\nextra = 1\n' + ROUTE)
+    result = check_config(str(path))
+    assert result.returncode == 1
+    assert "providers.p.dialect" in result.stderr and "providers.p.extra: unknown key" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_check_config_reports_a_missing_file(tmp_path: Path) -> None:
+    result = check_config(str(tmp_path / "nope.toml"))
+    assert result.returncode == 1
+    assert "file not found" in result.stderr
