@@ -46,6 +46,7 @@ class RequestRecord:
     outcome: str = "ok"
     attempts: int = 0
     fallback_used: bool = False
+    attempt_errors: list[str] = field(default_factory=list)  # "provider:code" per failed attempt
     upstream_connect_ms: float | None = None
     ttfb_ms: float | None = None
     ttft_ms: float | None = None

@@ -88,22 +88,25 @@ async def _with_retries(call: Call, attempt: Callable[[Target, UpstreamRequest],
                 return await attempt(target, request)
             except _AttemptFailed as failed:
                 last = failed
+                call.record.attempt_errors.append(f"{target.provider}:{failed.error.code}")
                 if not failed.retryable:
                     raise failed.error from None
             if n + 1 < provider.retry.attempts:
-                await _backoff(call, provider, n, last.retry_after)
+                delay = _backoff_delay(provider, n, last.retry_after)
+                if delay >= call.remaining():
+                    break  # a retry here cannot fit in the deadline; the fallback needs no wait
+                await asyncio.sleep(delay)
     assert last is not None
     raise last.error
 
 
-async def _backoff(call: Call, provider: Provider, n: int, retry_after: float | None) -> None:
-    # Full jitter (AWS architecture blog): spreads retries of many clients apart.
+def _backoff_delay(provider: Provider, n: int, retry_after: float | None) -> float:
+    # Full jitter (AWS architecture blog): spreads the retries of many clients apart.
     cap = provider.retry.backoff_cap_ms / 1000
     delay = random.uniform(0, min(cap, provider.retry.backoff_base_ms / 1000 * 2 ** n))
     if retry_after is not None:
         delay = min(cap, max(delay, retry_after))
-    # Never sleep past the deadline: the next check reports timeout_total.
-    await asyncio.sleep(max(0.0, min(delay, call.remaining())))
+    return delay
 
 
 async def _post(call: Call, target: Target, request: UpstreamRequest) -> aiohttp.ClientResponse:
@@ -136,12 +139,12 @@ async def _post(call: Call, target: Target, request: UpstreamRequest) -> aiohttp
 
 def _upstream_status_error(target: Target, status: int, body: bytes, retry_after: str | None) -> _AttemptFailed:
     message = f"Provider {target.provider} answered {status}: {error_message(body)}"
+    wait = _parse_retry_after(retry_after)
     if status == 429:
-        wait = _parse_retry_after(retry_after)
         return _AttemptFailed(GatewayError(429, "upstream_rate_limited", message, outcome="upstream_error",
                                            retry_after=wait), retryable=True, retry_after=wait)
     if status >= 500:
-        return _AttemptFailed(GatewayError(502, "upstream_error", message), retryable=True)
+        return _AttemptFailed(GatewayError(502, "upstream_error", message), retryable=True, retry_after=wait)
     if status in (401, 403):
         # The gateway's provider key was refused: not something the client can fix.
         return _AttemptFailed(GatewayError(502, "upstream_auth_failed", message, outcome="upstream_error"),

@@ -93,7 +93,8 @@ class AnthropicStream:
             self._id = f"chatcmpl-{message.get('id', 'anthropic')}"
             self._model = message.get("model") or self._model
             usage = message.get("usage") or {}
-            self.usage = Usage(usage.get("input_tokens"), usage.get("output_tokens"))
+            # output_tokens here is a running placeholder; the count comes with message_delta.
+            self.usage = Usage(usage.get("input_tokens"), None)
             return [Piece(out=self._chunk({"role": "assistant", "content": ""}))]
         if kind == "message_delta":
             usage = data.get("usage") or {}
