@@ -23,6 +23,7 @@ from aiohttp import web
 
 from .config import Config
 from .errors import GatewayError, Scrubber, invalid_request
+from .metrics import Metrics
 from .record import RequestLog, RequestRecord
 from .relay import (Call, ChatCompletionsWriter, ClientDisconnected, OpenStream, StreamWriter,
                     TokenStreamWriter, account_stream, open_stream, open_unary, relay_stream)
@@ -34,6 +35,7 @@ SESSIONS = web.AppKey("sessions", dict[str, aiohttp.ClientSession])
 LOG = web.AppKey("log", RequestLog)
 SCRUB = web.AppKey("scrub", Scrubber)
 DRAINING = web.AppKey("draining", list[bool])
+METRICS = web.AppKey("metrics", Metrics)
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -45,6 +47,7 @@ def build_app(config: Config, *, log: RequestLog | None = None) -> web.Applicati
     app[CONFIG] = config
     app[SCRUB] = Scrubber(config.secrets())
     app[DRAINING] = [False]
+    app[METRICS] = Metrics()
     if log is not None:
         app[LOG] = log
     app.cleanup_ctx.append(_request_log)
@@ -54,6 +57,7 @@ def build_app(config: Config, *, log: RequestLog | None = None) -> web.Applicati
     app.router.add_get("/v1/models", models)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
     _setup_cors(app, config)
     return app
 
@@ -82,6 +86,7 @@ async def _provider_sessions(app: web.Application) -> AsyncIterator[None]:
     """One pooled ClientSession per provider for the life of the app."""
     sessions: dict[str, aiohttp.ClientSession] = {}
     for name, provider in app[CONFIG].providers.items():
+        app[METRICS].upstream_limit.labels(name).set(provider.max_connections)
         connector = aiohttp.TCPConnector(limit=provider.max_connections, keepalive_timeout=provider.keepalive_s)
         sessions[name] = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None),
                                                auto_decompress=True)
@@ -125,6 +130,11 @@ async def models(request: web.Request) -> web.Response:
     return web.json_response({"object": "list", "data": data}, dumps=lambda o: orjson.dumps(o).decode())
 
 
+async def metrics(request: web.Request) -> web.Response:
+    body, content_type = request.app[METRICS].render()
+    return web.Response(body=body, headers={"Content-Type": content_type})
+
+
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
@@ -153,6 +163,8 @@ async def _handle(request: web.Request, endpoint: str,
     record = RequestRecord(incoming_id if _REQUEST_ID.fullmatch(incoming_id) else uuid.uuid4().hex, endpoint)
     headers = {"X-Request-Id": record.request_id}
     opened: list[OpenStream] = []
+    in_flight = app[METRICS].in_flight.labels(endpoint)
+    in_flight.inc()
     try:
         chat = parse(await _read_json(request), config)
         record.stream = bool(chat.get("stream"))
@@ -191,11 +203,13 @@ async def _handle(request: web.Request, endpoint: str,
     finally:
         for stream in opened:
             # Released if fully read (back to the pool), closed otherwise: never pooled half-read.
-            stream.response.release()
+            call.let_go(stream.target, stream.response)
             if record.usage_source == "none":  # cut short before the relay could account
                 account_stream(call, stream)
         record.finish()
         app[LOG].emit(record)
+        app[METRICS].observe(record)
+        in_flight.dec()
 
 
 async def _read_json(request: web.Request) -> Any:
@@ -232,7 +246,8 @@ def _plan(request: web.Request, config: Config, chat: dict[str, Any], record: Re
     headers["X-Gateway-Arm"] = arm.name
     targets = candidates(route, arm)
     call = Call(config, request.app[SESSIONS], record, chat, targets,
-                forward={k.lower(): v for k, v in request.headers.items()})
+                forward={k.lower(): v for k, v in request.headers.items()},
+                in_use=request.app[METRICS].upstream_in_use)
     # One deadline from arrival (the loop's clock is time.monotonic): retries never stack past it.
     call.deadline = record.started + config.providers[arm.provider].timeouts.total_s
     return call

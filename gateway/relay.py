@@ -59,9 +59,21 @@ class Call:
     targets: list[Target]
     forward: dict[str, str] = field(default_factory=dict)  # client headers passed upstream, lower-case
     deadline: float = 0.0  # loop time
+    in_use: Any = None  # a gauge of upstream connections held, by provider (metrics.py)
 
     def provider(self, target: Target) -> Provider:
         return self.config.providers[target.provider]
+
+    def hold(self, target: Target) -> None:
+        if self.in_use is not None:
+            self.in_use.labels(target.provider).inc()
+
+    def let_go(self, target: Target, response: aiohttp.ClientResponse, *, close: bool = False) -> None:
+        """End an upstream response once. Release returns a fully read connection to the pool
+        and closes any other: a half-read connection is never reused."""
+        response.close() if close else response.release()
+        if self.in_use is not None:
+            self.in_use.labels(target.provider).dec()
 
     def remaining(self) -> float:
         return self.deadline - asyncio.get_running_loop().time()
@@ -127,6 +139,7 @@ async def _post(call: Call, target: Target, request: UpstreamRequest) -> aiohttp
     call.record.upstream_connect_ms = call.record.since_start_ms()
     call.record.ttfb_ms = None
     if response.status == 200:
+        call.hold(target)
         return response
     try:
         body = await response.content.read(MAX_ERROR_BODY)
@@ -200,20 +213,20 @@ async def open_stream(call: Call) -> OpenStream:
                         return opened
         except TimeoutError:
             if response is not None:
-                response.close()
+                call.let_go(target, response, close=True)
             if loop.time() >= call.deadline:
                 raise errors.timeout("total", _total_s(call)) from None
             raise _AttemptFailed(errors.timeout("first_token", provider.timeouts.first_token_s),
                                  retryable=True) from None
         except (aiohttp.ClientError, SSEError) as exc:
             if response is not None:
-                response.close()
+                call.let_go(target, response, close=True)
             raise _AttemptFailed(GatewayError(502, "upstream_error",
                                               f"Provider {target.provider} broke the stream: {type(exc).__name__}"),
                                  retryable=True) from None
         except BaseException:
             if response is not None:
-                response.close()
+                call.let_go(target, response, close=True)
             raise
 
     return await _with_retries(call, attempt, stream=True)
@@ -235,7 +248,7 @@ async def open_unary(call: Call) -> Completion:
                                               f"{type(exc).__name__}"), retryable=True) from None
         finally:
             if response is not None:
-                response.release()
+                call.let_go(target, response)
         try:
             return dialect_for(provider.dialect).parse_completion(body, target.model)
         except (orjson.JSONDecodeError, AttributeError, TypeError, KeyError):

@@ -1,0 +1,66 @@
+"""Prometheus metrics, fed once per request from the same record as the log line.
+
+One process: each app has its own registry. Several worker processes: set
+PROMETHEUS_MULTIPROC_DIR to an empty directory shared by the workers (before
+they start); every worker writes its values there and any worker's /metrics
+answers with the sum over all of them (prometheus_client's multiprocess mode).
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram,
+                               generate_latest, multiprocess)
+
+from .record import RequestRecord
+
+# LLM streams live in seconds, not milliseconds: first tokens from 50 ms to a
+# minute (reasoning models), whole responses up to the 10-minute deadline.
+TTFT_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 8, 13, 20, 30, 60)
+LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 3, 5, 8, 13, 20, 30, 45, 60, 90, 120, 180, 300, 600)
+LABELS = ("route", "arm", "provider")
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+        # In multiprocess mode values live in files, not in a registry.
+        self._registry = None if self.multiprocess else CollectorRegistry()
+        r = self._registry
+        self.requests = Counter("gateway_requests", "Chat requests by outcome", (*LABELS, "outcome"), registry=r)
+        self.ttft = Histogram("gateway_ttft_seconds", "Time to first content token written to the client",
+                              LABELS, buckets=TTFT_BUCKETS, registry=r)
+        self.latency = Histogram("gateway_request_duration_seconds", "Time to the end of the response",
+                                 LABELS, buckets=LATENCY_BUCKETS, registry=r)
+        self.tokens = Counter("gateway_tokens", "Tokens by kind (prompt, completion)", (*LABELS, "kind"),
+                              registry=r)
+        self.cost = Counter("gateway_cost_usd", "Cost in USD from the pricing table", LABELS, registry=r)
+        self.in_flight = Gauge("gateway_requests_in_flight", "Chat requests being handled", ("endpoint",),
+                               registry=r, multiprocess_mode="livesum")
+        self.upstream_in_use = Gauge("gateway_upstream_connections_in_use",
+                                     "Upstream connections held by requests, per provider pool", ("provider",),
+                                     registry=r, multiprocess_mode="livesum")
+        self.upstream_limit = Gauge("gateway_upstream_connections_limit", "Pool size per provider",
+                                    ("provider",), registry=r, multiprocess_mode="max")
+
+    def observe(self, record: RequestRecord) -> None:
+        labels = (record.route or "", record.arm or "", record.provider or "")
+        self.requests.labels(*labels, record.outcome).inc()
+        if record.ttft_ms is not None:
+            self.ttft.labels(*labels).observe(record.ttft_ms / 1000)
+        if record.latency_ms is not None:
+            self.latency.labels(*labels).observe(record.latency_ms / 1000)
+        if record.prompt_tokens:
+            self.tokens.labels(*labels, "prompt").inc(record.prompt_tokens)
+        if record.completion_tokens:
+            self.tokens.labels(*labels, "completion").inc(record.completion_tokens)
+        if record.cost_usd:
+            self.cost.labels(*labels).inc(record.cost_usd)
+
+    def render(self) -> tuple[bytes, str]:
+        registry = self._registry
+        if registry is None:
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
