@@ -336,22 +336,25 @@ async def relay_stream(call: Call, request: web.Request, opened: OpenStream, wri
 
     async def emit(pieces: list[Piece], arrived: float) -> bool:
         out: list[bytes] = []
-        content = False
+        texts = 0
         done = False
+        error: str | None = None
         for piece in pieces:
             if piece.error:
-                raise GatewayError(502, "upstream_error", piece.error)
+                error = piece.error  # what came before it in this chunk is still delivered
+                break
             rendered = writer.render(piece)
             if rendered:
                 out.append(rendered)
-            content = content or bool(piece.text)
+            texts += bool(piece.text)
             done = done or piece.done
-        count = len(out)
         record.overhead_s += time.perf_counter() - arrived
-        await write(b"".join(out), count)
-        if content:
+        await write(b"".join(out), len(out))
+        if texts:
             record.content_written(time.monotonic())
-        record.text_events += sum(1 for p in pieces if p.text)
+            record.text_events += texts
+        if error:
+            raise GatewayError(502, "upstream_error", error)
         return done
 
     try:

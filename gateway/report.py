@@ -61,6 +61,7 @@ import operator
 import re
 import sys
 import time
+from itertools import accumulate, repeat
 from array import array
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -153,7 +154,9 @@ def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, floa
     denom = 1 + z2 / n
     centre = (p + z2 / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    lo = 0.0 if successes == 0 else max(0.0, centre - half)
+    hi = 1.0 if successes == n else min(1.0, centre + half)
+    return lo, hi
 
 
 def _two_sided_p(z: float) -> float:
@@ -187,31 +190,39 @@ def mann_whitney_u(a: Iterable[float], b: Iterable[float]) -> tuple[float, float
 
     Returns ``(U_a, p, prob)`` where U_a counts pairs with a > b (ties 1/2),
     p uses the normal approximation with tie and continuity correction, and
-    prob = P(a < b) + P(a = b)/2 = 1 - U_a/(n_a n_b).  Ranks are mid-ranks
-    computed from value counts (one sort of the distinct values), exact in
-    integer arithmetic.
+    prob = P(a < b) + P(a = b)/2 = 1 - U_a/(n_a n_b).
+
+    Mid-ranks from value counts (Counter per sample), then one walk over
+    the distinct values in order with cumulative counts -- all in C-level
+    iterators (map/accumulate), exact integer arithmetic.  The ordered
+    distinct values come from sorting the (few, at the log's 0.1 ms
+    resolution) distinct values, or -- when most values are distinct -- from
+    merging the two samples (timsort merges sorted runs in O(n)) and
+    de-duplicating in order.
     """
-    ca = Counter(a)
-    cb = Counter(b)
-    n1 = sum(ca.values())
-    n2 = sum(cb.values())
+    if not isinstance(a, list):
+        a = list(a)
+    if not isinstance(b, list):
+        b = list(b)
+    n1, n2 = len(a), len(b)
     if n1 == 0 or n2 == 0:
         raise ValueError("both samples need at least one observation")
-    keys = sorted(ca.keys() | cb.keys())
-    r1x2 = 0  # twice the rank sum of a
-    ties = 0
-    cum = 0
-    ca_get, cb_get = ca.get, cb.get
-    for v in keys:
-        ta = ca_get(v, 0)
-        t = ta + cb_get(v, 0)
-        if ta:
-            r1x2 += ta * (2 * cum + t + 1)
-        if t > 1:
-            ties += t * t * t - t
-        cum += t
-    u1 = r1x2 / 2 - n1 * (n1 + 1) / 2
+    ca = Counter(a)
+    cb = Counter(b)
+    if len(ca) + len(cb) < (n1 + n2) // 2:
+        keys = sorted(ca.keys() | cb.keys())
+    else:
+        keys = list(dict.fromkeys(sorted(sorted(a) + sorted(b))))
+    k = len(keys)
+    ka = list(map(ca.get, keys, repeat(0, k)))
+    t = list(map(operator.add, ka, map(cb.get, keys, repeat(0, k))))
+    # twice the mid-rank of a value = 2 * (count below) + t + 1 = 2 * cum - t + 1
+    twice_mid = map(operator.sub, map(operator.mul, accumulate(t), repeat(2, k)),
+                    map(operator.sub, t, repeat(1, k)))
+    r1x2 = sum(map(operator.mul, ka, twice_mid))
     n = n1 + n2
+    ties = sum(map(pow, t, repeat(3, k))) - n
+    u1 = r1x2 / 2 - n1 * (n1 + 1) / 2
     mu = n1 * n2 / 2
     var = n1 * n2 / 12 * ((n + 1) - ties / (n * (n - 1))) if n > 1 else 0.0
     prob = 1 - u1 / (n1 * n2)
@@ -1135,6 +1146,13 @@ def _bucket_width(span: float, target: int = 60) -> int:
     return _BUCKETS[-1]
 
 
+def _duration_words(seconds: int) -> str:
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds % size == 0 and seconds >= size:
+            return f"{seconds // size}-{unit}"
+    return f"{seconds}-second"
+
+
 def _bucketize(ts: Any, values: Any, t0: float, width: int) -> dict[int, list]:
     out: dict[int, list] = {}
     for t, v in zip(ts, values):
@@ -1214,7 +1232,7 @@ def write_html(report: Report, dataset: Dataset, path: str) -> None:
             if p95:
                 ax.plot(*zip(*p95), color=color, linestyle="--", label=f"{k} p95")
         ax.set_ylabel("latency of ok requests (ms)")
-        ax.set_xlabel(f"time (UTC), {width}-second buckets")
+        ax.set_xlabel(f"time (UTC), {_duration_words(width)} buckets")
         ax.set_title("Latency over time per arm (p50 solid, p95 dashed)")
         ax.grid(True, alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
@@ -1231,7 +1249,7 @@ def write_html(report: Report, dataset: Dataset, path: str) -> None:
             if pts:
                 ax.plot(*zip(*pts), color=f"C{idx}", marker=".", label=k)
         ax.set_ylabel("error rate (%)")
-        ax.set_xlabel(f"time (UTC), {width}-second buckets")
+        ax.set_xlabel(f"time (UTC), {_duration_words(width)} buckets")
         ax.set_title("Error rate over time per arm")
         ax.grid(True, alpha=0.3)
         if ax.get_legend_handles_labels()[0]:

@@ -160,8 +160,9 @@ class Gateway(Process):
         return lines[0]
 
 
-def start_gateway(tmp: Path, text: str, env: dict[str, str] | None = None) -> Gateway:
-    log_path = tmp / "requests.log"
+def start_gateway(tmp: Path, text: str, env: dict[str, str] | None = None,
+                  log_path: Path | None = None) -> Gateway:
+    log_path = log_path or tmp / "requests.log"
     text = text.replace("[server]", f'[log]\npath = "{log_path}"\n\n[server]', 1)
     config = tmp / "gateway.toml"
     config.write_text(text)

@@ -1,0 +1,293 @@
+"""The one log line per request, for every outcome; secrets never leak; /metrics
+agrees with what was sent; a stuck log sink never stalls the gateway."""
+
+from __future__ import annotations
+
+import os
+import socket
+import textwrap
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import orjson
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from gateway.errors import Scrubber
+
+from .conftest import Gateway, Process, start_gateway
+
+PROVIDER_KEY = "sk-provider-distinctive-Q7x9Z2"
+CLIENT_KEY = "sk-client-distinctive-M4k8P1"
+PROMPT = "PROMPT-CANARY-5d1e tell me a secret"
+MESSAGES = [{"role": "user", "content": PROMPT}]
+SHORT = "timeouts = { connect_s = 0.3, first_token_s = 0.4, idle_s = 0.4, total_s = 5 }"
+
+
+@pytest.fixture(scope="module")
+def blackhole() -> Iterator[int]:
+    """A port whose accept queue is full: connecting to it hangs, so connects time out."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(0)
+    filler = socket.create_connection(server.getsockname())
+    yield server.getsockname()[1]
+    filler.close()
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def gw(mock_upstream: Process, blackhole: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    mock = mock_upstream.url
+    text = textwrap.dedent(f"""
+        [server]
+        host = "127.0.0.1"
+        port = 0
+
+        [providers.oa]
+        dialect = "openai"
+        base_url = "{mock}/oa/v1"
+        api_key_env = "OBS_TEST_KEY"
+        forward_headers = ["x-mock-"]
+        retry = {{ attempts = 1 }}
+        {SHORT}
+
+        [providers.an]
+        dialect = "anthropic"
+        base_url = "{mock}/an"
+        api_key_env = "OBS_TEST_KEY"
+        forward_headers = ["x-mock-"]
+        retry = {{ attempts = 1 }}
+        {SHORT}
+
+        [providers.hole]
+        dialect = "openai"
+        base_url = "http://127.0.0.1:{blackhole}/v1"
+        retry = {{ attempts = 1 }}
+        {SHORT}
+
+        [providers.deadline]
+        dialect = "openai"
+        base_url = "{mock}/dl/v1"
+        forward_headers = ["x-mock-"]
+        retry = {{ attempts = 1 }}
+        timeouts = {{ first_token_s = 5, total_s = 0.5 }}
+
+        [routes.oa]
+        arms = [{{ name = "control", provider = "oa", model = "gpt-mock", weight = 100 }}]
+        [routes.an]
+        arms = [{{ name = "canary", provider = "an", model = "claude-mock", weight = 100 }}]
+        [routes.hole]
+        arms = [{{ name = "only", provider = "hole", model = "m", weight = 100 }}]
+        [routes.deadline]
+        arms = [{{ name = "only", provider = "deadline", model = "m", weight = 100 }}]
+
+        [pricing.gpt-mock]
+        input_per_mtok = 2.5
+        output_per_mtok = 10.0
+        [pricing.claude-mock]
+        input_per_mtok = 3.0
+        output_per_mtok = 15.0
+        """)
+    gateway = start_gateway(tmp_path_factory.mktemp("observability"), text, env={"OBS_TEST_KEY": PROVIDER_KEY})
+    yield gateway
+    gateway.stop()
+
+
+async def call(gw: Gateway, body: dict, headers: dict[str, str] | None = None,
+               path: str = "/v1/chat/completions") -> tuple[int, bytes, dict]:
+    rid = uuid.uuid4().hex
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{gw.url}{path}", json=body,
+                                headers={"Authorization": f"Bearer {CLIENT_KEY}", "X-Request-Id": rid,
+                                         **(headers or {})}) as response:
+            return response.status, await response.read(), gw.log_for(rid)
+
+
+def chat(route: str, stream: bool = True) -> dict:
+    return {"model": route, "messages": MESSAGES, "stream": stream}
+
+
+def cost(prompt: int, completion: int, input_price: float, output_price: float) -> float:
+    return round((prompt * input_price + completion * output_price) / 1e6, 10)
+
+
+# prompt "PROMPT-CANARY-5d1e tell me a secret" is 5 words: the mock's prompt_tokens.
+OUTCOMES = [
+    # id, route, stream, headers, status, outcome, completion_tokens, usage_source, cost
+    ("ok-openai", "oa", True, {}, 200, "ok", 12, "upstream", cost(5, 12, 2.5, 10.0)),
+    ("ok-anthropic", "an", True, {}, 200, "ok", 12, "upstream", cost(5, 12, 3.0, 15.0)),
+    ("ok-non-stream", "oa", False, {}, 200, "ok", 12, "upstream", cost(5, 12, 2.5, 10.0)),
+    ("no-usage-stream", "oa", True, {"X-Mock-Fault": "omit_usage=1"}, 200, "ok", 12, "estimated",
+     cost(0, 12, 2.5, 10.0)),
+    ("no-usage-unary", "oa", False, {"X-Mock-Fault": "omit_usage=1"}, 200, "ok", None, "none", None),
+    ("upstream-error", "oa", True, {"X-Mock-Fault": "status=500"}, 502, "upstream_error", None, "none", None),
+    ("upstream-rejects", "oa", True, {"X-Mock-Fault": "status=422"}, 422, "client_error", None, "none", None),
+    ("timeout-connect", "hole", True, {}, 504, "timeout_connect", None, "none", None),
+    ("timeout-first-token", "oa", True, {"X-Mock-Fault": "stall=first"}, 504, "timeout_first_token",
+     None, "none", None),
+    ("timeout-idle", "oa", True, {"X-Mock-Fault": "stall_after=4"}, 200, "timeout_idle", 4, "estimated",
+     cost(0, 4, 2.5, 10.0)),
+    ("timeout-total", "deadline", True, {"X-Mock-Fault": "stall=first"}, 504, "timeout_total",
+     None, "none", None),
+    ("truncated", "an", True, {"X-Mock-Fault": "truncate_after=5"}, 200, "truncated", 5, "estimated",
+     cost(5, 5, 3.0, 15.0)),
+    ("mid-stream-error", "an", True, {"X-Mock-Fault": "error_after=5"}, 200, "upstream_error", 5, "estimated",
+     cost(5, 5, 3.0, 15.0)),
+]
+
+
+@pytest.mark.parametrize(("route", "stream", "headers", "status", "outcome", "completion", "source", "usd"),
+                         [case[1:] for case in OUTCOMES], ids=[case[0] for case in OUTCOMES])
+async def test_each_outcome_is_one_log_line_with_its_fields(
+        gw: Gateway, route: str, stream: bool, headers: dict, status: int, outcome: str,
+        completion: int | None, source: str, usd: float | None) -> None:
+    got_status, _, line = await call(gw, chat(route, stream), headers)
+    assert got_status == status
+    assert (line["status"], line["outcome"]) == (status, outcome)
+    assert (line["completion_tokens"], line["usage_source"]) == (completion, source)
+    assert line["cost_usd"] == (pytest.approx(usd, rel=1e-9) if usd is not None else None)
+    assert line["error_code"] == (None if outcome == "ok" else line["error_code"] or "missing")
+    assert line["schema"] == 1 and line["ts"].endswith("Z")
+
+
+async def test_a_bad_request_is_one_client_error_line(gw: Gateway) -> None:
+    status, _, line = await call(gw, {"model": "oa", "messages": "nope"})
+    assert (status, line["outcome"], line["error_code"]) == (400, "client_error", "invalid_request")
+
+
+async def test_stream_timing_fields_are_ordered(gw: Gateway) -> None:
+    _, _, line = await call(gw, chat("oa"), {"X-Mock-Inter-Token-Delay-Ms": "10"})
+    assert 0 < line["upstream_connect_ms"] <= line["ttfb_ms"] <= line["ttft_ms"] <= line["latency_ms"]
+    assert line["max_gap_ms"] >= line["p95_gap_ms"] > 0
+    assert line["events_out"] == 15  # role chunk, 12 tokens, finish chunk, [DONE]
+    assert line["bytes_out"] > 0 and line["gateway_overhead_ms"] >= 0
+
+
+async def test_secrets_and_prompt_text_never_appear_in_logs_or_error_bodies(gw: Gateway) -> None:
+    bodies = []
+    for route, headers in [("oa", {}), ("an", {}), ("oa", {"X-Mock-Fault": "status=500"}),
+                           ("oa", {"X-Mock-Require-Key": "some-other-key"}),
+                           ("an", {"X-Mock-Require-Key": "some-other-key"}),
+                           ("oa", {"X-Mock-Fault": "drop_after=2"}), ("nope", {})]:
+        status, body, line = await call(gw, chat(route), headers)
+        bodies.append(body)
+    everything = b"".join(bodies) + gw.log_path.read_bytes() + gw.stderr_path.read_bytes()
+    for secret in (PROVIDER_KEY, CLIENT_KEY, "PROMPT-CANARY"):
+        assert secret.encode() not in everything
+
+
+async def test_the_provider_key_reaches_the_provider(gw: Gateway) -> None:
+    # The other side of the secrets test: the key is used, just never shown.
+    status, _, _ = await call(gw, chat("oa"), {"X-Mock-Require-Key": PROVIDER_KEY})
+    assert status == 200
+    status, _, _ = await call(gw, chat("an"), {"X-Mock-Require-Key": PROVIDER_KEY})
+    assert status == 200
+
+
+async def test_a_refused_provider_key_is_a_502_not_the_clients_401(gw: Gateway) -> None:
+    status, body, line = await call(gw, chat("oa"), {"X-Mock-Require-Key": "some-other-key"})
+    assert status == 502
+    assert orjson.loads(body)["error"]["code"] == "upstream_auth_failed"
+
+
+def test_scrubber_masks_known_secrets_and_key_shapes() -> None:
+    scrub = Scrubber(["hunter2-long-secret"])
+    assert scrub("key hunter2-long-secret leaked") == "key [redacted] leaked"
+    assert scrub("Authorization: Bearer abcdefgh12345678") == "Authorization: Bearer [redacted]"
+    assert scrub("bad key sk-proj-abcdefghijkl") == "bad key [redacted]"
+    assert scrub("nothing secret here") == "nothing secret here"
+
+
+# --- /metrics ------------------------------------------------------------------------------------
+
+@pytest.fixture
+def fresh_gateway(mock_upstream: Process, tmp_path: Path) -> Iterator[Gateway]:
+    from .conftest import config_text
+
+    gateway = start_gateway(tmp_path, config_text(mock_upstream.url))
+    yield gateway
+    gateway.stop()
+
+
+async def metric_samples(gw: Gateway) -> dict[tuple[str, tuple], float]:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{gw.url}/metrics") as response:
+            text = await response.text()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+async def test_metrics_parse_and_count_what_was_sent(fresh_gateway: Gateway) -> None:
+    gw = fresh_gateway
+    for _ in range(3):
+        await call(gw, chat("openai-only"))
+    for _ in range(2):
+        await call(gw, chat("openai-only"), {"X-Mock-Fault": "status=400"})
+    await call(gw, chat("anthropic-only", stream=False))
+    samples = await metric_samples(gw)
+    oa = {"route": "openai-only", "arm": "only", "provider": "oa"}
+    assert samples[sample("gateway_requests_total", **oa, outcome="ok")] == 3
+    assert samples[sample("gateway_requests_total", **oa, outcome="client_error")] == 2
+    assert samples[sample("gateway_requests_total", route="anthropic-only", arm="only", provider="an",
+                          outcome="ok")] == 1
+    assert samples[sample("gateway_ttft_seconds_count", **oa)] == 3
+    assert samples[sample("gateway_tokens_total", **oa, kind="completion")] == 36
+    assert samples[sample("gateway_cost_usd_total", **oa)] == pytest.approx(3 * (5 * 2.5 + 12 * 10.0) / 1e6)
+    assert samples[sample("gateway_requests_in_flight", endpoint="chat_completions")] == 0
+    assert samples[sample("gateway_upstream_connections_in_use", provider="oa")] == 0
+    assert samples[sample("gateway_upstream_connections_limit", provider="oa")] == 100
+
+
+def sample(name: str, **labels: str) -> tuple[str, tuple]:
+    return name, tuple(sorted(labels.items()))
+
+
+async def test_metrics_sum_over_worker_processes(mock_upstream: Process, tmp_path: Path) -> None:
+    from .conftest import config_text
+
+    shared = tmp_path / "prom"
+    shared.mkdir()
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(shared)}
+    workers = [start_gateway(tmp_path / f"w{i}", config_text(mock_upstream.url), env=env) for i in range(2)
+               if (tmp_path / f"w{i}").mkdir() is None]
+    try:
+        for worker in workers:
+            await call(worker, chat("openai-only"))
+        samples = await metric_samples(workers[0])
+        key = sample("gateway_requests_total", route="openai-only", arm="only", provider="oa", outcome="ok")
+        assert samples[key] == 2
+    finally:
+        for worker in workers:
+            worker.stop()
+
+
+# --- a stuck log sink ----------------------------------------------------------------------------
+
+async def test_a_log_sink_nobody_reads_never_stalls_requests(mock_upstream: Process, tmp_path: Path) -> None:
+    from .conftest import config_text
+
+    fifo = tmp_path / "log.fifo"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # opened, never read until the end
+    gw = start_gateway(tmp_path, config_text(mock_upstream.url), log_path=fifo)
+    try:
+        # ~1 KB per line: 300 lines are far more than a pipe holds (64 KiB). A logger that
+        # wrote on the event loop would block on the full pipe: the timeout turns that hang
+        # into a failure.
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+            for _ in range(300):
+                async with session.post(f"{gw.url}/v1/chat/completions",
+                                        json={"model": "openai-only", "messages": MESSAGES},
+                                        headers={"X-Mock-Tokens": "1"}) as response:
+                    assert response.status == 200
+        data = b""
+        os.set_blocking(reader, True)
+        while data.count(b"\n") < 300:
+            data += os.read(reader, 1 << 20)
+        assert all(orjson.loads(line)["outcome"] == "ok" for line in data.splitlines())
+    finally:
+        gw.stop()
+        os.close(reader)
