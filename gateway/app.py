@@ -247,7 +247,7 @@ def _plan(request: web.Request, config: Config, chat: dict[str, Any], record: Re
     targets = candidates(route, arm)
     call = Call(config, request.app[SESSIONS], record, chat, targets,
                 forward={k.lower(): v for k, v in request.headers.items()},
-                in_use=request.app[METRICS].upstream_in_use)
+                in_use=request.app[METRICS].upstream_in_use, scrub=request.app[SCRUB])
     # One deadline from arrival (the loop's clock is time.monotonic): retries never stack past it.
     call.deadline = record.started + config.providers[arm.provider].timeouts.total_s
     return call

@@ -60,6 +60,7 @@ class Call:
     forward: dict[str, str] = field(default_factory=dict)  # client headers passed upstream, lower-case
     deadline: float = 0.0  # loop time
     in_use: Any = None  # a gauge of upstream connections held, by provider (metrics.py)
+    scrub: Callable[[str], str] = str  # removes secrets from text bound for the client
 
     def provider(self, target: Target) -> Provider:
         return self.config.providers[target.provider]
@@ -190,46 +191,45 @@ async def open_stream(call: Call) -> OpenStream:
         first_token_at = loop.time() + provider.timeouts.first_token_s
         response: aiohttp.ClientResponse | None = None
         try:
-            async with asyncio.timeout_at(min(first_token_at, call.deadline)):
-                response = await _post(call, target, request)
-                opened = OpenStream(target, response, SSEParser(),
-                                    dialect_for(provider.dialect).stream_translator(target.model), [])
-                while True:
-                    chunk = await response.content.readany()
-                    if call.record.ttfb_ms is None:
-                        call.record.ttfb_ms = call.record.since_start_ms()
-                    if not chunk:
-                        raise _AttemptFailed(GatewayError(502, "upstream_error",
-                                                          f"Provider {target.provider} ended the stream "
-                                                          "before the first token"), retryable=True)
-                    for event in opened.parser.feed(chunk):
-                        for piece in opened.translator.translate(event):
-                            if piece.error:
-                                raise _AttemptFailed(GatewayError(502, "upstream_error", piece.error),
-                                                     retryable=True)
-                            opened.held.append(piece)
-                            opened.done = opened.done or piece.done
-                    if opened.done or any(p.text for p in opened.held):
-                        return opened
-        except TimeoutError:
-            if response is not None:
-                call.let_go(target, response, close=True)
-            if loop.time() >= call.deadline:
-                raise errors.timeout("total", _total_s(call)) from None
-            raise _AttemptFailed(errors.timeout("first_token", provider.timeouts.first_token_s),
-                                 retryable=True) from None
-        except (aiohttp.ClientError, SSEError) as exc:
-            if response is not None:
-                call.let_go(target, response, close=True)
-            raise _AttemptFailed(GatewayError(502, "upstream_error",
-                                              f"Provider {target.provider} broke the stream: {type(exc).__name__}"),
-                                 retryable=True) from None
+            try:
+                async with asyncio.timeout_at(min(first_token_at, call.deadline)):
+                    response = await _post(call, target, request)
+                    return await _until_first_content(call, target, response)
+            except TimeoutError:
+                if loop.time() >= call.deadline:
+                    raise errors.timeout("total", _total_s(call)) from None
+                raise _AttemptFailed(errors.timeout("first_token", provider.timeouts.first_token_s),
+                                     retryable=True) from None
+            except (aiohttp.ClientError, SSEError) as exc:
+                raise _AttemptFailed(GatewayError(502, "upstream_error", f"Provider {target.provider} broke "
+                                                  f"the stream: {type(exc).__name__}"), retryable=True) from None
         except BaseException:
-            if response is not None:
+            if response is not None:  # whatever went wrong, this attempt's connection is done
                 call.let_go(target, response, close=True)
             raise
 
     return await _with_retries(call, attempt, stream=True)
+
+
+async def _until_first_content(call: Call, target: Target, response: aiohttp.ClientResponse) -> OpenStream:
+    """Read and hold events until the first content (or the terminator): until then, a retry is invisible."""
+    opened = OpenStream(target, response, SSEParser(),
+                        dialect_for(call.provider(target).dialect).stream_translator(target.model), [])
+    while True:
+        chunk = await response.content.readany()
+        if call.record.ttfb_ms is None:
+            call.record.ttfb_ms = call.record.since_start_ms()
+        if not chunk:
+            raise _AttemptFailed(GatewayError(502, "upstream_error", f"Provider {target.provider} ended the "
+                                              "stream before the first token"), retryable=True)
+        for event in opened.parser.feed(chunk):
+            for piece in opened.translator.translate(event):
+                if piece.error:
+                    raise _AttemptFailed(GatewayError(502, "upstream_error", piece.error), retryable=True)
+                opened.held.append(piece)
+                opened.done = opened.done or piece.done
+        if opened.done or any(p.text for p in opened.held):
+            return opened
 
 
 async def open_unary(call: Call) -> Completion:
@@ -357,7 +357,7 @@ async def relay_stream(call: Call, request: web.Request, opened: OpenStream, wri
             raise GatewayError(502, "upstream_error", error)
         return done
 
-    try:
+    async def pump() -> None:
         done = await emit(opened.held, time.perf_counter())
         last_data = last_write = loop.time()
         while not done:
@@ -377,28 +377,27 @@ async def relay_stream(call: Call, request: web.Request, opened: OpenStream, wri
             arrived = time.perf_counter()
             last_data = last_write = loop.time()
             if not chunk:
-                opened.parser.close()
                 raise GatewayError(502, "upstream_truncated",
                                    f"Provider {opened.target.provider} ended the stream without its terminator; "
                                    "the response is incomplete", outcome="truncated")
             pieces = [p for event in opened.parser.feed(chunk) for p in opened.translator.translate(event)]
             done = await emit(pieces, arrived)
+
+    failure: GatewayError | None = None
+    try:
+        await pump()
     except GatewayError as exc:
-        record.fail(exc.outcome, exc.code, exc.message)
-        account_stream(call, opened)
-        await write(writer.error(exc), 1)
-        await response.write_eof()
-        return response
+        failure = exc
     except (aiohttp.ClientError, SSEError) as exc:
-        err = GatewayError(502, "upstream_error",
-                           f"Provider {opened.target.provider} broke the stream: {type(exc).__name__}")
-        record.fail(err.outcome, err.code, err.message)
-        account_stream(call, opened)
-        await write(writer.error(err), 1)
-        await response.write_eof()
-        return response
+        failure = GatewayError(502, "upstream_error",
+                               f"Provider {opened.target.provider} broke the stream: {type(exc).__name__}")
     account_stream(call, opened)
-    await write(writer.closing(record), 1 if isinstance(writer, TokenStreamWriter) else 0)
+    if failure is not None:
+        failure.message = call.scrub(failure.message)  # it may quote the upstream
+        record.fail(failure.outcome, failure.code, failure.message)
+        await write(writer.error(failure), 1)
+    else:
+        await write(writer.closing(record), 1)
     await response.write_eof()
     return response
 

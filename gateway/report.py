@@ -58,6 +58,7 @@ import html as _html
 import io
 import math
 import operator
+import os
 import re
 import sys
 import time
@@ -785,7 +786,7 @@ def _arm_stats(a: ArmData, ttft_sorted: list[float], lat_sorted: list[float]) ->
         latency_p50_ms=percentile(lat_sorted, 50),
         latency_p95_ms=percentile(lat_sorted, 95),
         latency_p99_ms=percentile(lat_sorted, 99),
-        latency_mean_ms=math.fsum(lat_sorted) / len(lat_sorted) if lat_sorted else None,
+        latency_mean_ms=sum(lat_sorted) / len(lat_sorted) if lat_sorted else None,
         prompt_tokens=a.prompt_tokens,
         completion_tokens=a.completion_tokens,
         priced_requests=priced,
@@ -1334,7 +1335,12 @@ def main(argv: list[str] | None = None) -> int:
     except ReportError as e:
         print(f"gateway report: {e}", file=sys.stderr)
         return e.code
-    except BrokenPipeError:
+    except BrokenPipeError:  # e.g. piped into head: stop quietly
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+            pass
         return 1
     if not ds.requests:
         print("gateway report: no request lines matched", file=sys.stderr)
