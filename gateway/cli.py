@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import shutil
 import signal
+import socket
 import sys
+import tempfile
 from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
 
 from aiohttp import web
 
@@ -26,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--config", default=None, help=f"TOML config (default: {DEFAULT_CONFIG_PATH})")
     serve.add_argument("--host", default=None, help="bind address (overrides [server] host)")
     serve.add_argument("--port", type=int, default=None, help="port (overrides [server] port)")
+    serve.add_argument("--workers", type=int, default=1, help="worker processes sharing the port (default 1)")
+    serve.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # a child of --workers
 
     mock = commands.add_parser("mock-upstream", help="run only the built-in mock provider")
     mock.add_argument("--host", default="127.0.0.1")
@@ -55,7 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check-config":
         print(f"{config.source}: ok ({len(config.providers)} providers, {len(config.routes)} routes)")
         return 0
-    return _run(_serve(with_overrides(config, host=args.host, port=args.port)))
+    if args.workers < 1:
+        parser.error("--workers must be at least 1")
+    return _run(_serve(with_overrides(config, host=args.host, port=args.port), workers=args.workers,
+                       worker=args.worker))
 
 
 def _run(coro: object) -> int:
@@ -73,7 +83,8 @@ async def _wait_for_signal() -> None:
     await stop.wait()
 
 
-async def _start_mock(settings: MockServer) -> AsyncIterator[int]:
+@asynccontextmanager
+async def _mock_server(settings: MockServer) -> AsyncIterator[int]:
     from .mock import MockProfile, start_mock
 
     default = MockProfile(tokens=settings.tokens, first_token_delay_ms=settings.first_token_delay_ms,
@@ -88,32 +99,90 @@ async def _start_mock(settings: MockServer) -> AsyncIterator[int]:
 
 
 async def _serve_mock_only(settings: MockServer) -> int:
-    async for port in _start_mock(settings):
+    async with _mock_server(settings) as port:
         print(f"mock provider on http://{settings.host}:{port} (OpenAI: /v1/chat/completions, "
               f"Anthropic: /v1/messages)", file=sys.stderr, flush=True)
         await _wait_for_signal()
     return 0
 
 
-async def _serve(config: Config) -> int:
+async def _serve(config: Config, *, workers: int = 1, worker: bool = False) -> int:
+    async with AsyncExitStack() as stack:
+        if config.mock is not None and not worker:  # workers share their parent's mock
+            port = await stack.enter_async_context(_mock_server(config.mock))
+            print(f"built-in mock provider on http://{config.mock.host}:{port}", file=sys.stderr, flush=True)
+        if workers > 1:
+            return await _supervise(config, workers)
+        await _serve_one(config, reuse_port=worker)
+    return 0
+
+
+async def _serve_one(config: Config, *, reuse_port: bool) -> None:
     from .app import build_app
 
-    mock = _start_mock(config.mock) if config.mock else None
-    if mock is not None:
-        port = await anext(mock)
-        print(f"built-in mock provider on http://{config.mock.host}:{port}", file=sys.stderr, flush=True)  # type: ignore[union-attr]
     # handler_cancellation: a client that goes away cancels its handler, which
     # closes the upstream request at once (see relay.py).
     runner = web.AppRunner(build_app(config), handler_cancellation=True, access_log=None)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, config.server.host, config.server.port)
-        await site.start()
+        await web.TCPSite(runner, config.server.host, config.server.port, reuse_port=reuse_port).start()
         host, port = runner.addresses[0][:2]
-        print(f"gateway listening on http://{host}:{port}", file=sys.stderr, flush=True)
+        role = f"worker {os.getpid()}" if reuse_port else "gateway"
+        print(f"{role} listening on http://{host}:{port}", file=sys.stderr, flush=True)
         await _wait_for_signal()
     finally:
         await runner.cleanup()
-        if mock is not None:
-            await mock.aclose()
+
+
+async def _supervise(config: Config, workers: int) -> int:
+    """Run `workers` processes on one port (SO_REUSEPORT: the kernel spreads connections).
+
+    The port is reserved here first, so `--port 0` works too. Workers share the
+    Prometheus multiprocess directory, so any worker's /metrics covers them all.
+    """
+    reserve = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    reserve.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    reserve.bind((config.server.host, config.server.port))  # bound, never listening: gets no connections
+    port = reserve.getsockname()[1]
+    env = dict(os.environ)
+    metrics_dir = None
+    if not env.get("PROMETHEUS_MULTIPROC_DIR"):
+        metrics_dir = tempfile.mkdtemp(prefix="gateway-metrics-")
+        env["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    args = [sys.executable, "-m", "gateway", "serve", "--worker", "--config", config.source,
+            "--host", config.server.host, "--port", str(port)]
+    procs = [await asyncio.create_subprocess_exec(*args, env=env, stderr=asyncio.subprocess.PIPE)
+             for _ in range(workers)]
+    try:
+        ready = 0
+        for proc in procs:  # each worker says when it listens; pass its other lines through
+            assert proc.stderr is not None
+            while line := await proc.stderr.readline():
+                sys.stderr.buffer.write(line)
+                if b" listening on " in line:
+                    ready += 1
+                    break
+        if ready < workers:
+            print(f"only {ready} of {workers} workers started", file=sys.stderr, flush=True)
+            return 1
+        for proc in procs:
+            asyncio.create_task(_forward(proc))
+        print(f"gateway listening on http://{config.server.host}:{port} ({workers} workers)",
+              file=sys.stderr, flush=True)
+        await _wait_for_signal()
+    finally:
+        for proc in procs:
+            if proc.returncode is None:
+                proc.terminate()
+        await asyncio.gather(*(proc.wait() for proc in procs))
+        reserve.close()
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
+
+
+async def _forward(proc: asyncio.subprocess.Process) -> None:
+    assert proc.stderr is not None
+    while line := await proc.stderr.readline():
+        sys.stderr.buffer.write(line)
+        sys.stderr.flush()

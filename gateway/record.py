@@ -10,6 +10,7 @@ blocks the event loop. The field list is docs/log-schema.md.
 from __future__ import annotations
 
 import math
+import os
 import queue
 import sys
 import threading
@@ -113,11 +114,14 @@ _LOGGED = [f.name for f in fields(RequestRecord)
 class QueueWriter:
     """A file-like sink whose writes go to a thread, so logging never blocks the loop.
 
-    The queue is unbounded on purpose: a stuck disk costs memory, never a log line.
+    Each line leaves in a single unbuffered write(): with several worker
+    processes appending to one file (O_APPEND) or one pipe (lines are under
+    PIPE_BUF), their lines never interleave. The queue is unbounded on
+    purpose: a stuck disk costs memory, never a log line.
     """
 
-    def __init__(self, stream: IO[bytes]) -> None:
-        self._stream = stream
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
         self._queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="gateway-log", daemon=True)
         self._thread.start()
@@ -125,15 +129,14 @@ class QueueWriter:
     def write(self, data: bytes) -> None:
         self._queue.put(data)
 
-    def flush(self) -> None:  # the thread flushes whenever the queue runs dry
+    def flush(self) -> None:  # every line is written as soon as the thread gets to it
         pass
 
     def _run(self) -> None:
-        while (item := self._queue.get()) is not None:
-            self._stream.write(item)
-            if self._queue.empty():
-                self._stream.flush()
-        self._stream.flush()
+        while (line := self._queue.get()) is not None:
+            view = memoryview(line)
+            while view:
+                view = view[os.write(self._fd, view):]
 
     def close(self) -> None:
         self._queue.put(None)
@@ -144,8 +147,9 @@ class RequestLog:
     """Writes one JSON line per request."""
 
     def __init__(self, path: str | None, scrub: Scrubber) -> None:
-        self._file: IO[bytes] | None = open(path, "ab") if path else None
-        self._writer = QueueWriter(self._file or sys.stdout.buffer)
+        self._file: IO[bytes] | None = open(path, "ab", buffering=0) if path else None
+        sys.stdout.flush()
+        self._writer = QueueWriter(self._file.fileno() if self._file else sys.stdout.fileno())
         self._scrub = scrub
         structlog.configure(
             processors=[self._scrub_messages, structlog.processors.JSONRenderer(serializer=orjson.dumps)],

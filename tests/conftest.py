@@ -161,12 +161,12 @@ class Gateway(Process):
 
 
 def start_gateway(tmp: Path, text: str, env: dict[str, str] | None = None,
-                  log_path: Path | None = None) -> Gateway:
+                  log_path: Path | None = None, args: tuple[str, ...] = ()) -> Gateway:
     log_path = log_path or tmp / "requests.log"
     text = text.replace("[server]", f'[log]\npath = "{log_path}"\n\n[server]', 1)
     config = tmp / "gateway.toml"
     config.write_text(text)
-    process = start_process(["serve", "--config", str(config)], tmp, "gateway", b"gateway listening", env)
+    process = start_process(["serve", "--config", str(config), *args], tmp, "gateway", b"gateway listening", env)
     return Gateway(process.proc, process.port, process.stderr_path, log_path)
 
 

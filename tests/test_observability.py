@@ -245,23 +245,27 @@ def sample(name: str, **labels: str) -> tuple[str, tuple]:
     return name, tuple(sorted(labels.items()))
 
 
-async def test_metrics_sum_over_worker_processes(mock_upstream: Process, tmp_path: Path) -> None:
+async def test_workers_share_the_port_and_their_metrics_and_log(mock_upstream: Process, tmp_path: Path) -> None:
     from .conftest import config_text
 
-    shared = tmp_path / "prom"
-    shared.mkdir()
-    env = {"PROMETHEUS_MULTIPROC_DIR": str(shared)}
-    workers = [start_gateway(tmp_path / f"w{i}", config_text(mock_upstream.url), env=env) for i in range(2)
-               if (tmp_path / f"w{i}").mkdir() is None]
+    gw = start_gateway(tmp_path, config_text(mock_upstream.url), args=("--workers", "2"))
     try:
-        for worker in workers:
-            await call(worker, chat("openai-only"))
-        samples = await metric_samples(workers[0])
+        children = Path(f"/proc/{gw.proc.pid}/task/{gw.proc.pid}/children").read_text().split()
+        assert len(children) == 2
+        connector = aiohttp.TCPConnector(force_close=True)  # a new connection each time: both workers serve
+        async with aiohttp.ClientSession(connector=connector) as session:
+            for _ in range(20):
+                async with session.post(f"{gw.url}/v1/chat/completions",
+                                        json={"model": "openai-only", "messages": MESSAGES}) as response:
+                    assert response.status == 200
+        samples = await metric_samples(gw)
         key = sample("gateway_requests_total", route="openai-only", arm="only", provider="oa", outcome="ok")
-        assert samples[key] == 2
+        assert samples[key] == 20
+        lines = gw.log_path.read_bytes().splitlines()
+        assert len(lines) == 20 and all(orjson.loads(line)["outcome"] == "ok" for line in lines)
     finally:
-        for worker in workers:
-            worker.stop()
+        gw.stop()
+    assert all(not Path(f"/proc/{pid}").exists() for pid in children)
 
 
 # --- a stuck log sink ----------------------------------------------------------------------------
