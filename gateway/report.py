@@ -62,10 +62,10 @@ import os
 import re
 import sys
 import time
-from itertools import accumulate, repeat
 from array import array
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+from itertools import accumulate, repeat
 from statistics import NormalDist
 from typing import IO, Any, Iterable
 
@@ -1167,13 +1167,13 @@ def _bucketize(ts: Any, values: Any, t0: float, width: int) -> dict[int, list]:
 
 
 def _import_matplotlib() -> Any:
+    """matplotlib's Figure class (object API: no pyplot, no global backend
+    switch, nothing to close)."""
     try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure
     except ImportError:
         raise ReportError(f"--html needs matplotlib: {INSTALL_HINT}", 2) from None
-    return plt
+    return Figure
 
 
 def _png_data_uri(fig: Any) -> str:
@@ -1187,12 +1187,13 @@ def write_html(report: Report, dataset: Dataset, path: str) -> None:
     """Write a self-contained HTML page (text report + charts as inline PNG
     data URIs; no external URLs).  Raises ReportError if matplotlib is
     missing."""
-    plt = _import_matplotlib()
+    Figure = _import_matplotlib()
     names = list(report.arms)
     images: list[tuple[str, str]] = []
 
     # 1. TTFT distribution: ECDF, drawn from 1001 quantiles per arm
-    fig, ax = plt.subplots(figsize=(8, 4.2))
+    fig = Figure(figsize=(8, 4.2))
+    ax = fig.subplots()
     drew = False
     for k in names:
         xs = sorted(dataset.arms[k].ttft)
@@ -1211,7 +1212,6 @@ def write_html(report: Report, dataset: Dataset, path: str) -> None:
     ax.set_title("TTFT distribution per arm (ECDF)")
     ax.grid(True, alpha=0.3)
     images.append(("TTFT distribution", _png_data_uri(fig)))
-    plt.close(fig)
 
     # 2. latency p50/p95 per time bucket, 3. error rate per time bucket
     all_ts = [t for k in names for t in (min(dataset.arms[k].ts), max(dataset.arms[k].ts))
@@ -1220,7 +1220,8 @@ def write_html(report: Report, dataset: Dataset, path: str) -> None:
         t0, t1 = min(all_ts), max(all_ts)
         width = _bucket_width(max(t1 - t0, 1.0))
         to_dt = lambda i: _dt.datetime.fromtimestamp(t0 + (i + 0.5) * width, _UTC)  # noqa: E731
-        fig, ax = plt.subplots(figsize=(9, 4.2))
+        fig = Figure(figsize=(9, 4.2))
+        ax = fig.subplots()
         for idx, k in enumerate(names):
             a = dataset.arms[k]
             buckets = _bucketize(a.ts_ok, a.lat_ok, t0, width)
@@ -1240,9 +1241,9 @@ def write_html(report: Report, dataset: Dataset, path: str) -> None:
             ax.legend(fontsize="small")
         fig.autofmt_xdate()
         images.append(("Latency over time", _png_data_uri(fig)))
-        plt.close(fig)
 
-        fig, ax = plt.subplots(figsize=(9, 3.6))
+        fig = Figure(figsize=(9, 3.6))
+        ax = fig.subplots()
         for idx, k in enumerate(names):
             a = dataset.arms[k]
             buckets = _bucketize(a.ts, a.err, t0, width)
@@ -1257,7 +1258,6 @@ def write_html(report: Report, dataset: Dataset, path: str) -> None:
             ax.legend(fontsize="small")
         fig.autofmt_xdate()
         images.append(("Error rate over time", _png_data_uri(fig)))
-        plt.close(fig)
 
     esc = _html.escape
     parts = [

@@ -537,7 +537,8 @@ def test_html_is_self_contained_with_charts(tmp_path, capsys):
 
 
 def test_html_without_matplotlib_exits_2_with_install_hint(tmp_path, capsys, monkeypatch):
-    monkeypatch.setitem(sys.modules, "matplotlib", None)   # import -> ImportError
+    for name in ("matplotlib", "matplotlib.figure"):
+        monkeypatch.setitem(sys.modules, name, None)        # import -> ImportError
     path = write_log(tmp_path / "r.log", [record()])
     assert main([path, "--html", str(tmp_path / "x.html")]) == 2
     assert "pip install 'llm-gateway[report]'" in capsys.readouterr().err
