@@ -1327,7 +1327,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.format == "json":
             sys.stdout.write(render_json(report).decode("utf-8"))
         else:
-            sys.stdout.write(render_text(report))
+            text = render_text(report)
+            sys.stdout.write(text if text.endswith("\n") else text + "\n")
         sys.stdout.flush()
         if args.html:
             write_html(report, ds, args.html)
