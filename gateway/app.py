@@ -206,7 +206,7 @@ async def _handle(request: web.Request, endpoint: str,
             call.let_go(stream.target, stream.response)
             if record.usage_source == "none":  # cut short before the relay could account
                 account_stream(call, stream)
-        if record.outcome != "ok" and record.usage_source == "none" and not record.text_events:
+        if record.outcome != "ok" and record.usage_source == "none" and not record.output_events:
             record.cost_usd = 0.0  # failed before any token: nothing was generated to pay for
         record.finish()
         app[LOG].emit(record)

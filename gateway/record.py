@@ -69,7 +69,7 @@ class RequestRecord:
     ts: datetime = field(default_factory=lambda: datetime.now(UTC))
     content_times: list[float] = field(default_factory=list)
     overhead_s: float = 0.0
-    text_events: int = 0  # content deltas relayed: the token estimate when upstream sends no usage
+    output_events: int = 0  # output deltas relayed: the token estimate when upstream sends no usage
 
     def since_start_ms(self, now: float | None = None) -> float:
         return _ms((time.monotonic() if now is None else now) - self.started)
@@ -108,7 +108,7 @@ class RequestRecord:
 
 
 _LOGGED = [f.name for f in fields(RequestRecord)
-           if f.name not in ("started", "ts", "content_times", "overhead_s", "text_events")]
+           if f.name not in ("started", "ts", "content_times", "overhead_s", "output_events")]
 
 
 class QueueWriter:

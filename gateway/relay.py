@@ -228,7 +228,7 @@ async def _until_first_content(call: Call, target: Target, response: aiohttp.Cli
                     raise _AttemptFailed(GatewayError(502, "upstream_error", piece.error), retryable=True)
                 opened.held.append(piece)
                 opened.done = opened.done or piece.done
-        if opened.done or any(p.text for p in opened.held):
+        if opened.done or any(p.output for p in opened.held):
             return opened
 
 
@@ -336,7 +336,7 @@ async def relay_stream(call: Call, request: web.Request, opened: OpenStream, wri
 
     async def emit(pieces: list[Piece], arrived: float) -> bool:
         out: list[bytes] = []
-        texts = 0
+        outputs = 0
         done = False
         error: str | None = None
         for piece in pieces:
@@ -346,13 +346,13 @@ async def relay_stream(call: Call, request: web.Request, opened: OpenStream, wri
             rendered = writer.render(piece)
             if rendered:
                 out.append(rendered)
-            texts += bool(piece.text)
+            outputs += piece.output
             done = done or piece.done
         record.overhead_s += time.perf_counter() - arrived
         await write(b"".join(out), len(out))
-        if texts:
+        if outputs:
             record.content_written(time.monotonic())
-            record.text_events += texts
+            record.output_events += outputs
         if error:
             raise GatewayError(502, "upstream_error", error)
         return done
@@ -409,4 +409,4 @@ def account_stream(call: Call, opened: OpenStream) -> None:
         call.record.account(usage.prompt_tokens, usage.completion_tokens, source="upstream", price=price)
     else:
         # No usage from upstream (aborted, or it never sent one): one delta is about one token.
-        call.record.account(usage.prompt_tokens, call.record.text_events, source="estimated", price=price)
+        call.record.account(usage.prompt_tokens, call.record.output_events, source="estimated", price=price)

@@ -31,9 +31,16 @@ class Piece:
 
     out: bytes | None = None   # OpenAI-format SSE bytes for a chat.completions client
     text: str = ""             # content text the event carries
+    output: bool = False       # carries model output of any kind: text, reasoning, tool calls
     usage_only: bool = False   # carries only usage: forwarded only if the client asked
     done: bool = False         # the stream's proper terminator
     error: str | None = None   # the upstream reported an error inside the stream
+
+
+def output_piece(out: bytes, text: str, other_output: bool = False) -> Piece:
+    """A piece of model output. Reasoning and tool-call deltas count as output (the
+    stream is alive and committed) though they carry no visible text."""
+    return Piece(out=out, text=text, output=bool(text) or other_output)
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,7 @@ import orjson
 from ..config import Provider
 from ..errors import invalid_request
 from ..sse import DONE, Event, encode_event
-from . import Completion, Piece, UpstreamRequest, Usage, message_text
+from . import Completion, Piece, UpstreamRequest, Usage, message_text, output_piece
 
 FINISH_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length",
                   "tool_use": "tool_calls", "refusal": "content_filter"}
@@ -87,7 +87,11 @@ class AnthropicStream:
         if kind == "content_block_delta":
             delta = data.get("delta") or {}
             text = delta.get("text") or ""
-            return [Piece(out=self._chunk({"content": text}), text=text)] if text else []
+            if text:
+                return [output_piece(self._chunk({"content": text}), text)]
+            if delta.get("type") in ("thinking_delta", "input_json_delta"):
+                return [Piece(output=True)]  # the model is working; nothing to show an OpenAI client yet
+            return []
         if kind == "message_start":
             message = data.get("message") or {}
             self._id = f"chatcmpl-{message.get('id', 'anthropic')}"

@@ -13,7 +13,7 @@ import orjson
 
 from ..config import Provider
 from ..sse import Event
-from . import Completion, Piece, UpstreamRequest, Usage, message_text
+from . import Completion, Piece, UpstreamRequest, Usage, message_text, output_piece
 
 
 class OpenAIStream:
@@ -41,7 +41,9 @@ class OpenAIStream:
             return [Piece(out=event.raw, usage_only=isinstance(usage, dict))]
         delta = choices[0].get("delta") or {}
         text = delta.get("content") or ""
-        return [Piece(out=event.raw, text=text if isinstance(text, str) else "")]
+        # DeepSeek-style reasoning_content and tool calls are output before any visible text.
+        other = bool(delta.get("reasoning_content") or delta.get("tool_calls") or delta.get("refusal"))
+        return [output_piece(event.raw, text if isinstance(text, str) else "", other)]
 
 
 class OpenAIDialect:
