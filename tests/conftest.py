@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -32,6 +33,11 @@ class Process:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    def mock_records(self, tag: str) -> list[dict[str, Any]]:
+        """What the mock provider saw of the requests carrying `X-Mock-Tag: tag`, in order."""
+        with urllib.request.urlopen(f"{self.url}/_mock/requests") as response:
+            return [r for r in orjson.loads(response.read()) if r["headers"].get("x-mock-tag") == tag]
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -7,7 +7,6 @@ import asyncio
 import os
 import textwrap
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -25,11 +24,6 @@ from .conftest import Gateway, Process
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 SLOW = {"X-Mock-Tokens": "200", "X-Mock-Inter-Token-Delay-Ms": "20", "X-Mock-First-Token-Delay-Ms": "0"}
-
-
-def mock_records(mock: Process, tag: str) -> list[dict]:
-    with urllib.request.urlopen(f"{mock.url}/_mock/requests") as response:
-        return [r for r in orjson.loads(response.read()) if r["headers"].get("x-mock-tag") == tag]
 
 
 async def wait_for(predicate, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
@@ -66,8 +60,8 @@ async def test_client_abort_closes_the_upstream_within_100_ms(gateway: Gateway, 
         else {"model": route, "prompt": "hi"}
     closed_at = await read_tokens_then_close(gateway.url, path, body,
                                              {**SLOW, "X-Mock-Tag": tag, "X-Request-Id": rid}, tokens=3)
-    await wait_for(lambda: mock_records(mock_upstream, tag)[0]["ended"] is not None)
-    [record] = mock_records(mock_upstream, tag)
+    await wait_for(lambda: mock_upstream.mock_records(tag)[0]["ended"] is not None)
+    [record] = mock_upstream.mock_records(tag)
     assert record["outcome"] == "client_closed"
     print(f"\nupstream closed {1000 * (record['ended'] - closed_at):.1f} ms after the client")
     assert record["ended"] - closed_at < 0.1
@@ -111,7 +105,7 @@ async def test_200_aborted_streams_leak_no_task_connection_or_fd(mock_upstream: 
         body = {"model": "chat", "messages": MESSAGES, "stream": True}
         url = str(server.make_url("")).rstrip("/")
         await read_tokens_then_close(url, "/v1/chat/completions", body, headers, tokens=1)  # warm up
-        await wait_for(lambda: all(r["ended"] for r in mock_records(mock_upstream, tag)))
+        await wait_for(lambda: all(r["ended"] for r in mock_upstream.mock_records(tag)))
         await asyncio.sleep(0.2)
         tasks_before, fds_before = len(asyncio.all_tasks()), open_fds()
 
@@ -119,8 +113,8 @@ async def test_200_aborted_streams_leak_no_task_connection_or_fd(mock_upstream: 
             await asyncio.gather(*(read_tokens_then_close(url, "/v1/chat/completions", body, headers, tokens=2)
                                    for _ in range(20)))
 
-        await wait_for(lambda: sum(1 for r in mock_records(mock_upstream, tag) if r["ended"]) == 201)
-        records = mock_records(mock_upstream, tag)
+        await wait_for(lambda: sum(1 for r in mock_upstream.mock_records(tag) if r["ended"]) == 201)
+        records = mock_upstream.mock_records(tag)
         assert [r["outcome"] for r in records] == ["client_closed"] * 201
         await wait_for(lambda: len(asyncio.all_tasks()) <= tasks_before and open_fds() <= fds_before)
         print(f"\nafter 200 aborted streams: tasks {tasks_before} -> {len(asyncio.all_tasks())}, "
@@ -149,7 +143,7 @@ async def test_slow_reader_does_not_make_the_gateway_buffer_the_response(gateway
         for _ in range(30):  # 3 s at 100 bytes per 100 ms
             received += len(await response.content.read(100))
             await asyncio.sleep(0.1)
-        [record] = mock_records(mock_upstream, tag)
+        [record] = mock_upstream.mock_records(tag)
         rss_during = rss_kib(gateway.proc.pid)
         response.close()
     sent_bytes = record["tokens_sent"] * 190  # an OpenAI chunk event is about 190 bytes

@@ -61,7 +61,7 @@ def test_upstream_is_always_asked_for_usage(gateway: Gateway, mock_upstream: Pro
     tag = request_id
     list(sdk(gateway).chat.completions.create(model="openai-only", messages=MESSAGES, stream=True,
                                               extra_headers={"X-Mock-Tag": tag}))
-    record = mock_record(mock_upstream, tag)
+    record = mock_upstream.mock_records(tag)[-1]
     assert record["body"]["stream_options"] == {"include_usage": True}
     assert record["body"]["model"] == "gpt-mock"
 
@@ -71,16 +71,6 @@ def test_cost_is_computed_from_upstream_usage(gateway: Gateway, request_id: str)
                                               extra_headers={"X-Request-Id": request_id}))
     line = gateway.log_for(request_id)
     assert line["cost_usd"] == pytest.approx((4 * 2.5 + TOKENS * 10.0) / 1e6)
-
-
-def mock_record(mock: Process, tag: str) -> dict:
-    import urllib.request
-
-    with urllib.request.urlopen(f"{mock.url}/_mock/requests") as response:
-        records = orjson.loads(response.read())
-    matching = [r for r in records if r["headers"].get("x-mock-tag") == tag]
-    assert matching, f"the mock saw no request tagged {tag}"
-    return matching[-1]
 
 
 async def read_events(url: str, body: dict, headers: dict[str, str] | None = None

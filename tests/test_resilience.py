@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import textwrap
 import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 
@@ -120,11 +119,6 @@ def fault(spec: str, scope: str | None = None, **knobs: str) -> dict[str, str]:
     return headers
 
 
-def mock_records(mock: Process, tag: str) -> list[dict]:
-    with urllib.request.urlopen(f"{mock.url}/_mock/requests") as response:
-        return [r for r in orjson.loads(response.read()) if r["headers"].get("x-mock-tag") == tag]
-
-
 def sdk(gw: Gateway) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{gw.url}/v1", api_key="sk-test-client", max_retries=0)
 
@@ -155,14 +149,14 @@ def test_503_then_success_is_retried_into_one_stream(gw: Gateway, mock_upstream:
     line = gw.log_for(request_id)
     assert (line["outcome"], line["attempts"], line["fallback_used"], line["provider"]) == ("ok", 2, False, route)
     assert line["attempt_errors"] == [f"{route}:upstream_error"]
-    assert [r["status"] for r in mock_records(mock_upstream, headers["X-Mock-Tag"])] == [503, 200]
+    assert [r["status"] for r in mock_upstream.mock_records(headers["X-Mock-Tag"])] == [503, 200]
 
 
 def test_429_retry_after_is_honoured_before_the_retry(gw: Gateway, mock_upstream: Process,
                                                       request_id: str) -> None:
     headers = fault("status=429;retry_after=1;times=1;key=KEY", scope="flaky")
     assert stream_text(gw, "flaky", headers, request_id) == mock_text(12)
-    first, second = mock_records(mock_upstream, headers["X-Mock-Tag"])
+    first, second = mock_upstream.mock_records(headers["X-Mock-Tag"])
     assert second["started"] - first["started"] >= 1.0  # the provider asked for a second; cap is 1.5 s
     assert gw.log_for(request_id)["attempts"] == 2
 
@@ -199,7 +193,7 @@ def test_client_errors_from_upstream_are_not_retried(gw: Gateway, mock_upstream:
     headers = fault("status=400", scope="flaky")
     with pytest.raises(openai.BadRequestError):
         stream_text(gw, "flaky", headers, request_id)
-    assert len(mock_records(mock_upstream, headers["X-Mock-Tag"])) == 1
+    assert len(mock_upstream.mock_records(headers["X-Mock-Tag"])) == 1
     line = gw.log_for(request_id)
     assert (line["status"], line["outcome"], line["attempts"]) == (400, "client_error", 1)
 
@@ -256,7 +250,7 @@ def test_drop_after_three_tokens_gives_three_tokens_then_an_error(gw: Gateway, m
             if chunk.choices and chunk.choices[0].delta.content:
                 received.append(chunk.choices[0].delta.content)
     assert "".join(received) == mock_text(3)
-    assert len(mock_records(mock_upstream, headers["X-Mock-Tag"])) == 1  # no retry after the first byte
+    assert len(mock_upstream.mock_records(headers["X-Mock-Tag"])) == 1  # no retry after the first byte
     line = gw.log_for(request_id)
     assert (line["status"], line["outcome"], line["attempts"]) == (200, "upstream_error", 1)
     assert (line["completion_tokens"], line["usage_source"]) == (3, "estimated")
