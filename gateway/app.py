@@ -50,6 +50,7 @@ def build_app(config: Config, *, log: RequestLog | None = None) -> web.Applicati
     app[METRICS] = Metrics()
     if log is not None:
         app[LOG] = log
+    app.on_shutdown.append(_start_draining)
     app.cleanup_ctx.append(_request_log)
     app.cleanup_ctx.append(_provider_sessions)
     app.router.add_post("/v1/chat/completions", chat_completions)
@@ -73,6 +74,11 @@ def _setup_cors(app: web.Application, config: Config) -> None:
         cors.add(route)
 
 
+async def _start_draining(app: web.Application) -> None:
+    # Shutdown began: /readyz says so while in-flight requests finish.
+    app[DRAINING][0] = True
+
+
 async def _request_log(app: web.Application) -> AsyncIterator[None]:
     owned = LOG not in app
     if owned:
@@ -92,7 +98,6 @@ async def _provider_sessions(app: web.Application) -> AsyncIterator[None]:
                                                auto_decompress=True)
     app[SESSIONS] = sessions
     yield
-    app[DRAINING][0] = True
     await asyncio.gather(*(s.close() for s in sessions.values()))
 
 

@@ -295,3 +295,39 @@ async def test_a_log_sink_nobody_reads_never_stalls_requests(mock_upstream: Proc
     finally:
         gw.stop()
         os.close(reader)
+
+
+# --- a bug in the gateway ------------------------------------------------------------------------
+
+async def test_a_gateway_bug_is_a_generic_500_and_one_gateway_error_line(
+        mock_upstream: Process, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import gateway.app
+    from aiohttp.test_utils import TestServer
+
+    from gateway.config import parse_config
+    from gateway.record import RequestLog
+    from .conftest import config_text
+    import tomllib
+
+    def broken(body: object, config: object) -> dict:
+        raise RuntimeError(f"boom with {PROVIDER_KEY} inside")
+
+    monkeypatch.setattr(gateway.app, "parse_chat_request", broken)
+    config = parse_config(tomllib.loads(config_text(mock_upstream.url)), "test", {})
+    log_path = tmp_path / "requests.log"
+    log = RequestLog(str(log_path), Scrubber([PROVIDER_KEY]))
+    server = TestServer(gateway.app.build_app(config, log=log), host="127.0.0.1", port=0)
+    await server.start_server()
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.post(server.make_url("/v1/chat/completions"), json=chat("openai-only")) as response:
+                body = await response.read()
+                assert response.status == 500
+    finally:
+        await server.close()
+        log.close()
+    error = orjson.loads(body)["error"]
+    assert (error["code"], error["message"]) == ("internal_error", "The gateway failed to handle the request")
+    [line] = [orjson.loads(raw) for raw in log_path.read_bytes().splitlines()]
+    assert (line["status"], line["outcome"], line["error_code"]) == (500, "gateway_error", "internal_error")
+    assert line["error_message"].startswith("RuntimeError: boom") and PROVIDER_KEY not in line["error_message"]
