@@ -143,6 +143,18 @@ def config_text(mock_url: str, extra: str = "", *, dead_url: str = "http://127.0
         """) + textwrap.dedent(extra)
 
 
+def read_log(path: Path, count: int, timeout: float = 5.0) -> list[dict[str, Any]]:
+    """Wait until `path` holds `count` complete log lines (the writer is a thread), then parse them."""
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = path.read_bytes().split(b"\n")[:-1]
+        if len(lines) >= count or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+    assert len(lines) == count, f"expected {count} log lines, found {len(lines)}"
+    return [orjson.loads(line) for line in lines]
+
+
 @dataclass
 class Gateway(Process):
     log_path: Path = field(default=Path())
@@ -150,7 +162,9 @@ class Gateway(Process):
     def log_lines(self) -> list[dict[str, Any]]:
         if not self.log_path.exists():
             return []
-        return [orjson.loads(line) for line in self.log_path.read_bytes().splitlines() if line.strip()]
+        # The gateway may be writing a line right now: only complete (newline-ended) lines count.
+        complete = self.log_path.read_bytes().split(b"\n")[:-1]
+        return [orjson.loads(line) for line in complete if line.strip()]
 
     def log_for(self, request_id: str, timeout: float = 5.0) -> dict[str, Any]:
         """The one log line of a request; fails if there is none or more than one."""

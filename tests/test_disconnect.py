@@ -20,7 +20,7 @@ from gateway.config import parse_config
 from gateway.errors import Scrubber
 from gateway.record import RequestLog
 
-from .conftest import Gateway, Process
+from .conftest import Gateway, Process, read_log
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 SLOW = {"X-Mock-Tokens": "200", "X-Mock-Inter-Token-Delay-Ms": "20", "X-Mock-First-Token-Delay-Ms": "0"}
@@ -121,8 +121,7 @@ async def test_200_aborted_streams_leak_no_task_connection_or_fd(mock_upstream: 
               f"fds {fds_before} -> {open_fds()}")
         assert len(asyncio.all_tasks()) == tasks_before
         assert open_fds() <= fds_before
-        await wait_for(lambda: len(log_path.read_bytes().splitlines()) == 201)
-        lines = [orjson.loads(line) for line in log_path.read_bytes().splitlines()]
+        lines = read_log(log_path, 201)
         assert all(line["client_disconnected"] for line in lines)
     finally:
         await server.close()

@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.errors import Scrubber
 
-from .conftest import Gateway, Process, start_gateway
+from .conftest import Gateway, Process, read_log, start_gateway
 
 PROVIDER_KEY = "sk-provider-distinctive-Q7x9Z2"
 CLIENT_KEY = "sk-client-distinctive-M4k8P1"
@@ -261,8 +261,7 @@ async def test_workers_share_the_port_and_their_metrics_and_log(mock_upstream: P
         samples = await metric_samples(gw)
         key = sample("gateway_requests_total", route="openai-only", arm="only", provider="oa", outcome="ok")
         assert samples[key] == 20
-        lines = gw.log_path.read_bytes().splitlines()
-        assert len(lines) == 20 and all(orjson.loads(line)["outcome"] == "ok" for line in lines)
+        assert all(line["outcome"] == "ok" for line in read_log(gw.log_path, 20))
     finally:
         gw.stop()
     assert all(not Path(f"/proc/{pid}").exists() for pid in children)
