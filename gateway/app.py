@@ -25,7 +25,7 @@ from .config import Config
 from .errors import GatewayError, Scrubber, invalid_request
 from .metrics import Metrics
 from .record import RequestLog, RequestRecord
-from .relay import (Call, ChatCompletionsWriter, ClientDisconnected, OpenStream, StreamWriter,
+from .relay import (Call, ChatCompletionsWriter, OpenStream, StreamWriter,
                     TokenStreamWriter, account_stream, open_stream, open_unary, relay_stream)
 from .routing import bucket, candidates, choose_arm, pick_user_key, user_key_hash
 from .validation import parse_chat_request, parse_stream_chat_request
@@ -194,7 +194,7 @@ async def _handle(request: web.Request, endpoint: str,
         record.fail(exc.outcome, exc.code, app[SCRUB](exc.message))
         exc.message = app[SCRUB](exc.message)
         return error_response(exc, headers)
-    except (asyncio.CancelledError, ClientDisconnected):
+    except asyncio.CancelledError:
         # The client went away (aiohttp cancels the handler: handler_cancellation).
         record.client_disconnected = True
         record.fail("client_disconnected", "client_disconnected", "the client closed the connection")

@@ -40,7 +40,7 @@ KEEP_ALIVE = encode_comment("keep-alive")
 
 
 class ClientDisconnected(Exception):
-    """The client went away while we were writing to it."""
+    """The client went away while we were writing to it (handled inside relay_stream)."""
 
 
 class _AttemptFailed(Exception):
@@ -385,20 +385,25 @@ async def relay_stream(call: Call, request: web.Request, opened: OpenStream, wri
 
     failure: GatewayError | None = None
     try:
-        await pump()
-    except GatewayError as exc:
-        failure = exc
-    except (aiohttp.ClientError, SSEError) as exc:
-        failure = GatewayError(502, "upstream_error",
-                               f"Provider {opened.target.provider} broke the stream: {type(exc).__name__}")
-    account_stream(call, opened)
-    if failure is not None:
-        failure.message = call.scrub(failure.message)  # it may quote the upstream
-        record.fail(failure.outcome, failure.code, failure.message)
-        await write(writer.error(failure), 1)
-    else:
-        await write(writer.closing(record), 1)
-    await response.write_eof()
+        try:
+            await pump()
+        except GatewayError as exc:
+            failure = exc
+        except (aiohttp.ClientError, SSEError) as exc:
+            failure = GatewayError(502, "upstream_error",
+                                   f"Provider {opened.target.provider} broke the stream: {type(exc).__name__}")
+        account_stream(call, opened)
+        if failure is not None:
+            failure.message = call.scrub(failure.message)  # it may quote the upstream
+            record.fail(failure.outcome, failure.code, failure.message)
+            await write(writer.error(failure), 1)
+        else:
+            await write(writer.closing(record), 1)
+        await response.write_eof()
+    except (ClientDisconnected, ConnectionResetError):
+        # A write found the client gone before aiohttp cancelled us: the same ending.
+        record.client_disconnected = True
+        record.fail("client_disconnected", "client_disconnected", "the client closed the connection")
     return response
 
 

@@ -158,3 +158,27 @@ def rss_kib(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise AssertionError("no VmRSS")
+
+
+async def test_without_handler_cancellation_the_next_write_notices_the_client_left(
+        mock_upstream: Process, tmp_path: Path) -> None:
+    # Hosted by a runner that does not cancel handlers, the relay still ends at its next write.
+    log_path = tmp_path / "requests.log"
+    config = parse_config(in_process_config(mock_upstream.url, log_path), "test", {})
+    log = RequestLog(str(log_path), Scrubber())
+    server = TestServer(build_app(config, log=log), host="127.0.0.1", port=0)
+    await server.start_server()
+    try:
+        tag = uuid.uuid4().hex
+        url = str(server.make_url("")).rstrip("/")
+        await read_tokens_then_close(url, "/v1/chat/completions",
+                                     {"model": "chat", "messages": MESSAGES, "stream": True},
+                                     {**SLOW, "X-Mock-Tag": tag}, tokens=2)
+        await wait_for(lambda: mock_upstream.mock_records(tag)[0]["ended"] is not None)
+        [record] = mock_upstream.mock_records(tag)
+        assert record["outcome"] == "client_closed" and record["tokens_sent"] < 200
+        [line] = read_log(log_path, 1)
+        assert (line["outcome"], line["client_disconnected"]) == ("client_disconnected", True)
+    finally:
+        await server.close()
+        log.close()
