@@ -1,4 +1,4 @@
-"""Benchmark for ``gateway report`` (gateway/report.py).
+"""Benchmark for ``gateway report`` (gateway/report/).
 
 Generates a seeded synthetic request log (schema v1) into a temp file, then
 measures in the same run:

@@ -1,4 +1,4 @@
-"""Tests for gateway/report.py -- the A/B report over request logs."""
+"""Tests for gateway/report/ -- the A/B report over request logs."""
 
 from __future__ import annotations
 

@@ -1,0 +1,173 @@
+"""``gateway report`` -- the A/B (canary) report over request logs.
+
+Reads request logs in schema v1 (docs/log-schema.md), one JSON object per line,
+plain or gzip (detected by magic bytes), from files or stdin, and compares the
+arms of a route: time to first token, latency, error rate and cost.
+
+Usage::
+
+    gateway report LOGFILE... [--since TIME] [--route NAME] [--control ARM]
+                   [--format text|json] [--html FILE]
+
+Definitions (also written into the JSON report under ``definitions``):
+
+* Request lines: ``"event": "request"`` and ``"schema": 1``.  Other events and
+  other schema versions are *skipped*.  Lines that are not JSON, not an
+  object, lack a field the report needs or hold a wrong type are *malformed*:
+  counted, the first few quoted, never fatal.  Requests with ``arm: null``
+  (routing failed) cannot be attributed to an arm: counted as *unassigned*.
+* success: ``outcome == "ok"``; error: any other outcome (client errors and
+  client disconnects included -- the outcome breakdown shows which).
+* error rate CI: Wilson score interval, 95 %.
+* TTFT: over requests with a non-null ``ttft_ms`` (whatever their outcome).
+* latency: ``latency_ms`` of successful (``ok``) requests only, so that fast
+  failures do not make an arm look faster and timeouts do not count twice
+  (they are in the error rate).
+* percentiles: linear interpolation between closest ranks (Hyndman & Fan
+  type 7, numpy's default): for sorted x[0..n-1], h = (n-1)*p/100,
+  P = x[floor h] + (h - floor h) * (x[floor h + 1] - x[floor h]).
+* cost per request: mean ``cost_usd`` over requests that have a price (a
+  null ``cost_usd`` means the model has no price); cost per 1k requests is
+  1000x that; cost per 1M completion tokens is total cost / completion tokens
+  of the priced requests x 1e6.  Totals are sums over priced requests.
+* TTFT / latency comparison (arm vs control): difference of medians
+  (arm - control) with a 95 % CI from the Bonett & Price (2002) standard
+  error of a sample median (distribution-free, from two order statistics of
+  each sorted sample; deterministic, O(1) after the sort, so it stays exact
+  on millions of lines).  Significance: two-sided Mann-Whitney U test, normal
+  approximation with tie correction and continuity correction.  The verdict
+  "significant" comes from the U test; the CI sizes the median shift (the two
+  can disagree when distributions differ in shape but not in median).
+* error rate comparison: two-sided two-proportion z-test (pooled) for the
+  p-value, Newcombe's hybrid score interval for the difference.
+* cost comparison: ratio of mean cost per priced request; significance from a
+  Welch (unequal variance) z-test on the per-request cost.
+* No correction for multiple comparisons is applied.
+
+Only the standard library and orjson are needed; ``--html`` additionally
+needs matplotlib (``pip install 'llm-gateway[report]'``).
+
+Modules: ``stats`` (pure statistics), ``dataset`` (log lines -> per-arm
+samples), ``summary`` (statistics and comparisons as data), ``render`` (text
+and JSON), ``html`` (charts); this package holds the CLI, ``main``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import sys
+
+from .errors import ReportError
+from .html import _import_matplotlib, write_html
+from .dataset import ArmData, Dataset, load, parse_since
+from .render import render_json, render_text
+from .stats import (
+    mann_whitney_u,
+    median_diff_ci,
+    percentile,
+    two_proportion_z_test,
+    wilson_interval,
+)
+from .summary import ArmStats, Comparison, CostTest, PropTest, Report, ShiftTest, summarize
+
+# The other public names of the single-module gateway.report stay importable
+# from here (outside __all__, as before the split).
+from .html import INSTALL_HINT  # noqa: F401
+from .stats import ALPHA, Z95, median_se, newcombe_diff_interval  # noqa: F401
+from .summary import DEFINITIONS, pick_control  # noqa: F401
+
+__all__ = [
+    "ArmData",
+    "ArmStats",
+    "Comparison",
+    "CostTest",
+    "Dataset",
+    "PropTest",
+    "Report",
+    "ReportError",
+    "ShiftTest",
+    "load",
+    "main",
+    "mann_whitney_u",
+    "median_diff_ci",
+    "parse_since",
+    "percentile",
+    "render_json",
+    "render_text",
+    "summarize",
+    "two_proportion_z_test",
+    "wilson_interval",
+    "write_html",
+]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="gateway report",
+        description="A/B report over gateway request logs (schema v1): TTFT, latency, "
+                    "error rate and cost per arm, each arm against the control arm.")
+    p.add_argument("logfiles", nargs="*", metavar="LOGFILE",
+                   help="request log, plain or gzip; '-' or none reads stdin")
+    p.add_argument("--since", metavar="TIME",
+                   help="only requests at or after TIME: RFC 3339 (2026-11-26T04:00:00Z) "
+                        "or a duration before now (30m, 2h, 7d)")
+    p.add_argument("--route", metavar="NAME", help="only requests for this route")
+    p.add_argument("--control", metavar="ARM",
+                   help='control arm (default: "control" if present, else the largest arm)')
+    p.add_argument("--format", choices=("text", "json"), default="text",
+                   help="output format on stdout (default: text)")
+    p.add_argument("--html", metavar="FILE",
+                   help="also write a self-contained HTML page with charts (needs matplotlib)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point; returns the exit code (0 ok, 1 no requests / unreadable
+    input, 2 usage error or missing matplotlib)."""
+    if argv is None:
+        argv = sys.argv[1:]
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # argparse: --help -> 0, bad usage -> 2
+        return int(e.code or 0)
+    try:
+        if args.html:
+            _import_matplotlib()  # fail before reading a big log
+        since = parse_since(args.since) if args.since else None
+        files = args.logfiles or ["-"]
+        if files == ["-"] and getattr(sys.stdin, "isatty", lambda: False)():
+            raise ReportError("no LOGFILE given and stdin is a terminal (try --help)")
+        ds = load(files, since=since, route=args.route)
+        report = summarize(ds, control=args.control)
+        if args.format == "json":
+            sys.stdout.write(render_json(report).decode("utf-8"))
+        else:
+            text = render_text(report)
+            sys.stdout.write(text if text.endswith("\n") else text + "\n")
+        sys.stdout.flush()
+        if args.html:
+            write_html(report, ds, args.html)
+            print(f"gateway report: wrote {args.html}", file=sys.stderr)
+    except ReportError as e:
+        print(f"gateway report: {e}", file=sys.stderr)
+        return e.code
+    except BrokenPipeError:  # e.g. piped into head: stop quietly
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+            pass
+        return 1
+    if not ds.requests:
+        print("gateway report: no request lines matched", file=sys.stderr)
+        return 1
+    return 0
+
+
+# `python -m gateway.report` runs __main__.py; this guard stays so the CLI
+# entry point is visible here too (tests/test_report.py looks for it).
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

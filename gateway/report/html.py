@@ -1,0 +1,163 @@
+"""The report as a self-contained HTML page with charts.  matplotlib is an
+optional extra, imported only when a page is written."""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html as _html
+import io
+from typing import Any
+
+from .errors import ReportError
+from .dataset import Dataset
+from .render import render_text
+from .stats import percentile
+from .summary import Report
+
+INSTALL_HINT = "pip install 'llm-gateway[report]'"
+
+_UTC = _dt.timezone.utc
+
+_BUCKETS = (1, 5, 10, 30, 60, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400,
+            7 * 86400)
+
+
+def _bucket_width(span: float, target: int = 60) -> int:
+    for b in _BUCKETS:
+        if span / b <= target:
+            return b
+    return _BUCKETS[-1]
+
+
+def _duration_words(seconds: int) -> str:
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds % size == 0 and seconds >= size:
+            return f"{seconds // size}-{unit}"
+    return f"{seconds}-second"
+
+
+def _bucketize(ts: Any, values: Any, t0: float, width: int) -> dict[int, list]:
+    out: dict[int, list] = {}
+    for t, v in zip(ts, values):
+        i = int((t - t0) // width)
+        lst = out.get(i)
+        if lst is None:
+            out[i] = [v]
+        else:
+            lst.append(v)
+    return out
+
+
+def _import_matplotlib() -> Any:
+    """matplotlib's Figure class (object API: no pyplot, no global backend
+    switch, nothing to close)."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise ReportError(f"--html needs matplotlib: {INSTALL_HINT}", 2) from None
+    return Figure
+
+
+def _png_data_uri(fig: Any) -> str:
+    buf = io.BytesIO()
+    # metadata Software=None: no matplotlib URL inside the PNG either
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def write_html(report: Report, dataset: Dataset, path: str) -> None:
+    """Write a self-contained HTML page (text report + charts as inline PNG
+    data URIs; no external URLs).  Raises ReportError if matplotlib is
+    missing."""
+    Figure = _import_matplotlib()
+    names = list(report.arms)
+    images: list[tuple[str, str]] = []
+
+    # 1. TTFT distribution: ECDF, drawn from 1001 quantiles per arm
+    fig = Figure(figsize=(8, 4.2))
+    ax = fig.subplots()
+    drew = False
+    for k in names:
+        xs = sorted(dataset.arms[k].ttft)
+        if not xs:
+            continue
+        qs = [i / 10 for i in range(1001)]
+        ax.plot([percentile(xs, q) for q in qs], [q / 100 for q in qs],
+                label=f"{k} (n={len(xs):,}, p50={percentile(xs, 50):,.0f} ms)")
+        drew = True
+    if drew:
+        if all(v > 0 for k in names for v in dataset.arms[k].ttft[:1000]):
+            ax.set_xscale("log")
+        ax.legend(loc="lower right")
+    ax.set_xlabel("time to first token (ms)")
+    ax.set_ylabel("fraction of requests ≤ x")
+    ax.set_title("TTFT distribution per arm (ECDF)")
+    ax.grid(True, alpha=0.3)
+    images.append(("TTFT distribution", _png_data_uri(fig)))
+
+    # 2. latency p50/p95 per time bucket, 3. error rate per time bucket
+    all_ts = [t for k in names for t in (min(dataset.arms[k].ts), max(dataset.arms[k].ts))
+              if dataset.arms[k].requests]
+    if all_ts:
+        t0, t1 = min(all_ts), max(all_ts)
+        width = _bucket_width(max(t1 - t0, 1.0))
+        to_dt = lambda i: _dt.datetime.fromtimestamp(t0 + (i + 0.5) * width, _UTC)  # noqa: E731
+        fig = Figure(figsize=(9, 4.2))
+        ax = fig.subplots()
+        for idx, k in enumerate(names):
+            a = dataset.arms[k]
+            buckets = _bucketize(a.ts_ok, a.lat_ok, t0, width)
+            keys = sorted(buckets)
+            p50 = [(to_dt(i), percentile(sorted(buckets[i]), 50)) for i in keys if len(buckets[i]) >= 5]
+            p95 = [(to_dt(i), percentile(sorted(buckets[i]), 95)) for i in keys if len(buckets[i]) >= 20]
+            color = f"C{idx}"
+            if p50:
+                ax.plot(*zip(*p50), color=color, marker=".", label=f"{k} p50")
+            if p95:
+                ax.plot(*zip(*p95), color=color, linestyle="--", label=f"{k} p95")
+        ax.set_ylabel("latency of ok requests (ms)")
+        ax.set_xlabel(f"time (UTC), {_duration_words(width)} buckets")
+        ax.set_title("Latency over time per arm (p50 solid, p95 dashed)")
+        ax.grid(True, alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize="small")
+        fig.autofmt_xdate()
+        images.append(("Latency over time", _png_data_uri(fig)))
+
+        fig = Figure(figsize=(9, 3.6))
+        ax = fig.subplots()
+        for idx, k in enumerate(names):
+            a = dataset.arms[k]
+            buckets = _bucketize(a.ts, a.err, t0, width)
+            pts = [(to_dt(i), 100 * sum(buckets[i]) / len(buckets[i])) for i in sorted(buckets)]
+            if pts:
+                ax.plot(*zip(*pts), color=f"C{idx}", marker=".", label=k)
+        ax.set_ylabel("error rate (%)")
+        ax.set_xlabel(f"time (UTC), {_duration_words(width)} buckets")
+        ax.set_title("Error rate over time per arm")
+        ax.grid(True, alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize="small")
+        fig.autofmt_xdate()
+        images.append(("Error rate over time", _png_data_uri(fig)))
+
+    esc = _html.escape
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        "<title>gateway report</title>",
+        "<style>body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px}"
+        "pre{background:#f6f6f6;padding:1em;overflow-x:auto;font-size:13px}"
+        "img{max-width:100%;display:block;margin:1em 0}</style>",
+        "</head><body>",
+        "<h1>gateway report</h1>",
+    ]
+    for title, uri in images:
+        parts.append(f"<h2>{esc(title)}</h2>")
+        parts.append(f'<img alt="{esc(title)}" src="{uri}">')
+    parts.append("<h2>Figures</h2>")
+    parts.append(f"<pre>{esc(render_text(report))}</pre>")
+    parts.append("</body></html>\n")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(parts))
