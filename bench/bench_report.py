@@ -27,7 +27,7 @@ import random
 import sys
 import tempfile
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
@@ -48,7 +48,7 @@ ERRORS = ("upstream_error", "timeout_first_token", "timeout_idle", "client_error
 def write_log(path: str, lines: int, seed: int = 1, gz: bool = False) -> None:
     """Write ``lines`` schema-v1 request lines spread over one day."""
     rng = random.Random(seed)
-    start = datetime(2026, 11, 26, tzinfo=timezone.utc)
+    start = datetime(2026, 11, 26, tzinfo=UTC)
     step = 86400.0 / max(lines, 1)
     names = list(ARMS)
     weights = [ARMS[a][0] for a in names]

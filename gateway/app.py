@@ -25,8 +25,17 @@ from .config import Config
 from .errors import GatewayError, Scrubber, invalid_request
 from .metrics import Metrics
 from .record import RequestLog, RequestRecord
-from .relay import (Call, ChatCompletionsWriter, OpenStream, StreamWriter,
-                    TokenStreamWriter, account_stream, open_stream, open_unary, relay_stream)
+from .relay import (
+    Call,
+    ChatCompletionsWriter,
+    OpenStream,
+    StreamWriter,
+    TokenStreamWriter,
+    account_stream,
+    open_stream,
+    open_unary,
+    relay_stream,
+)
 from .routing import bucket, candidates, choose_arm, pick_user_key, user_key_hash
 from .validation import parse_chat_request, parse_stream_chat_request
 
@@ -223,8 +232,8 @@ async def _read_json(request: web.Request) -> Any:
     try:
         body = await request.read()
     except web.HTTPRequestEntityTooLarge:
-        raise GatewayError(413, "request_too_large",
-                           f"The request body is larger than {request.app[CONFIG].server.max_body_bytes} bytes") from None
+        limit = request.app[CONFIG].server.max_body_bytes
+        raise GatewayError(413, "request_too_large", f"The request body is larger than {limit} bytes") from None
     if not body:
         raise invalid_request("The request body is empty; expected a JSON object")
     try:

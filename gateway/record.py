@@ -15,6 +15,7 @@ import queue
 import sys
 import threading
 import time
+from collections.abc import MutableMapping
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import IO, Any
@@ -153,12 +154,13 @@ class RequestLog:
         self._scrub = scrub
         structlog.configure(
             processors=[self._scrub_messages, structlog.processors.JSONRenderer(serializer=orjson.dumps)],
-            logger_factory=structlog.BytesLoggerFactory(self._writer),
+            logger_factory=structlog.BytesLoggerFactory(self._writer),  # type: ignore[arg-type]  # duck-typed file
             cache_logger_on_first_use=True,
         )
         self._log = structlog.get_logger()
 
-    def _scrub_messages(self, logger: object, method: str, event: dict[str, Any]) -> dict[str, Any]:
+    def _scrub_messages(self, logger: object, method: str, event: MutableMapping[str, Any]
+                        ) -> MutableMapping[str, Any]:
         # Error text can come from an upstream; never let a secret through.
         if event.get("error_message"):
             event["error_message"] = self._scrub(event["error_message"])

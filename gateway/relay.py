@@ -53,7 +53,7 @@ class Call:
     """One client request on its way through the relay."""
 
     config: Config
-    sessions: Mapping[str, aiohttp.ClientSession]
+    sessions: dict[str, aiohttp.ClientSession]
     record: RequestRecord
     chat: dict[str, Any]
     targets: list[Target]

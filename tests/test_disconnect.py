@@ -11,7 +11,6 @@ import uuid
 from pathlib import Path
 
 import aiohttp
-import orjson
 import pytest
 from aiohttp.test_utils import TestServer
 
@@ -147,7 +146,8 @@ async def test_slow_reader_does_not_make_the_gateway_buffer_the_response(gateway
         response.close()
     sent_bytes = record["tokens_sent"] * 190  # an OpenAI chunk event is about 190 bytes
     # Backpressure reached the provider: only socket buffers' worth is in flight, not the response.
-    print(f"\nslow reader: mock sent {record['tokens_sent']} tokens (~{sent_bytes // 1024} KiB), client read {received} B, gateway RSS +{rss_during - rss_before} KiB")
+    print(f"\nslow reader: mock sent {record['tokens_sent']} tokens (~{sent_bytes // 1024} KiB), "
+          f"client read {received} B, gateway RSS +{rss_during - rss_before} KiB")
     assert sent_bytes < 40 * 1024 * 1024
     assert record["tokens_sent"] < 1_000_000 // 4
     assert rss_during - rss_before < 20 * 1024

@@ -300,13 +300,15 @@ async def test_a_log_sink_nobody_reads_never_stalls_requests(mock_upstream: Proc
 
 async def test_a_gateway_bug_is_a_generic_500_and_one_gateway_error_line(
         mock_upstream: Process, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import gateway.app
+    import tomllib
+
     from aiohttp.test_utils import TestServer
 
+    import gateway.app
     from gateway.config import parse_config
     from gateway.record import RequestLog
+
     from .conftest import config_text
-    import tomllib
 
     def broken(body: object, config: object) -> dict:
         raise RuntimeError(f"boom with {PROVIDER_KEY} inside")

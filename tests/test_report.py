@@ -7,7 +7,7 @@ import io
 import math
 import random
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from statistics import NormalDist
 
 import orjson
@@ -31,7 +31,7 @@ from gateway.report import (
     write_html,
 )
 
-UTC = timezone.utc
+UTC = UTC
 T0 = datetime(2026, 11, 26, 4, 0, tzinfo=UTC)
 
 

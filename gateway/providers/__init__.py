@@ -105,4 +105,5 @@ def message_text(content: Any) -> str:
 def dialect_for(name: str) -> Dialect:
     from . import anthropic, openai
 
-    return {"openai": openai.DIALECT, "anthropic": anthropic.DIALECT}[name]
+    dialects: dict[str, Dialect] = {"openai": openai.DIALECT, "anthropic": anthropic.DIALECT}
+    return dialects[name]

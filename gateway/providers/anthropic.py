@@ -106,7 +106,7 @@ class AnthropicStream:
                 self.usage.completion_tokens = usage["output_tokens"]
             if usage.get("input_tokens") is not None:
                 self.usage.prompt_tokens = usage["input_tokens"]
-            reason = (data.get("delta") or {}).get("stop_reason")
+            reason = str((data.get("delta") or {}).get("stop_reason"))
             return [Piece(out=self._chunk({}, FINISH_REASONS.get(reason, "stop")))]
         if kind == "message_stop":
             pieces = [Piece(out=self._usage_chunk(), usage_only=True)] if self.usage.known else []

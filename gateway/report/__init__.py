@@ -59,24 +59,29 @@ import io
 import os
 import sys
 
-from .errors import ReportError
-from .html import _import_matplotlib, write_html
 from .dataset import ArmData, Dataset, load, parse_since
+from .errors import ReportError
+
+# The other public names of the single-module gateway.report stay importable
+# from here (outside __all__, as before the split).
+from .html import (
+    INSTALL_HINT,  # noqa: F401
+    _import_matplotlib,
+    write_html,
+)
 from .render import render_json, render_text
-from .stats import (
+from .stats import (  # noqa: F401
+    ALPHA,
+    Z95,
     mann_whitney_u,
     median_diff_ci,
+    median_se,
+    newcombe_diff_interval,
     percentile,
     two_proportion_z_test,
     wilson_interval,
 )
-from .summary import ArmStats, Comparison, CostTest, PropTest, Report, ShiftTest, summarize
-
-# The other public names of the single-module gateway.report stay importable
-# from here (outside __all__, as before the split).
-from .html import INSTALL_HINT  # noqa: F401
-from .stats import ALPHA, Z95, median_se, newcombe_diff_interval  # noqa: F401
-from .summary import DEFINITIONS, pick_control  # noqa: F401
+from .summary import DEFINITIONS, ArmStats, Comparison, CostTest, PropTest, Report, ShiftTest, pick_control, summarize  # noqa: F401
 
 __all__ = [
     "ArmData",

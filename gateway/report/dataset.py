@@ -10,8 +10,9 @@ import re
 import sys
 import time
 from array import array
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import IO, Any, Iterable
+from typing import IO, Any
 
 import orjson
 
@@ -38,11 +39,11 @@ def parse_since(text: str, now: float | None = None) -> float:
             f"--since: cannot parse {text!r}; use RFC 3339 (2026-11-26T04:00:00Z) "
             "or a duration like 30m, 2h, 7d") from None
     if t.tzinfo is None:
-        t = t.replace(tzinfo=_dt.timezone.utc)
+        t = t.replace(tzinfo=_dt.UTC)
     return t.timestamp()
 
 
-_UTC = _dt.timezone.utc
+_UTC = _dt.UTC
 
 
 class _TsParser:

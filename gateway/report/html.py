@@ -9,15 +9,15 @@ import html as _html
 import io
 from typing import Any
 
-from .errors import ReportError
 from .dataset import Dataset
+from .errors import ReportError
 from .render import render_text
 from .stats import percentile
 from .summary import Report
 
 INSTALL_HINT = "pip install 'llm-gateway[report]'"
 
-_UTC = _dt.timezone.utc
+_UTC = _dt.UTC
 
 _BUCKETS = (1, 5, 10, 30, 60, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400,
             7 * 86400)

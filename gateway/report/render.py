@@ -50,7 +50,7 @@ def render_text(report: Report) -> str:
         ("successes (ok)", [f"{s[k].successes:,}" for k in names]),
         ("success rate", [_pct(s[k].success_rate) for k in names]),
         ("error rate", [_pct(s[k].error_rate) for k in names]),
-        ("  95% CI (Wilson)", [f"{_pct(ci[0])} .. {_pct(ci[1])}" if (ci := s[k].error_rate_ci95) else "-"
+        ("  95% CI (Wilson)", [f"{_pct(wilson[0])} .. {_pct(wilson[1])}" if (wilson := s[k].error_rate_ci95) else "-"
                                for k in names]),
         ("TTFT p50 ms", [_ms(s[k].ttft_p50_ms) for k in names]),
         ("TTFT p95 ms", [_ms(s[k].ttft_p95_ms) for k in names]),
@@ -95,9 +95,9 @@ def render_text(report: Report) -> str:
               f"Mann-Whitney {_p_str(st.p_value)}{prob}")
         e = c.errors
         if e.diff is not None:
-            ci = f" [95% CI {e.diff_ci95[0] * 100:+.2f} .. {e.diff_ci95[1] * 100:+.2f}]" if e.diff_ci95 else ""
+            err_ci = f" [95% CI {e.diff_ci95[0] * 100:+.2f} .. {e.diff_ci95[1] * 100:+.2f}]" if e.diff_ci95 else ""
             w(f"  errors   {e.error_rate_arm:.2%} vs {e.error_rate_control:.2%}, "
-              f"diff {e.diff * 100:+.2f} pt{ci}; z-test {_p_str(e.p_value)}")
+              f"diff {e.diff * 100:+.2f} pt{err_ci}; z-test {_p_str(e.p_value)}")
         k = c.cost
         if k.cost_per_request_arm_usd is not None:
             ratio = f"{k.ratio:.3f}x" if k.ratio is not None else "n/a"

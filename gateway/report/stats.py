@@ -6,9 +6,10 @@ from __future__ import annotations
 import math
 import operator
 from collections import Counter
+from collections.abc import Iterable
 from itertools import accumulate, repeat
 from statistics import NormalDist
-from typing import Any, Iterable
+from typing import Any
 
 ALPHA = 0.05
 _N = NormalDist()

@@ -9,8 +9,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import ReportError
 from .dataset import ArmData, Dataset
+from .errors import ReportError
 from .stats import (
     ALPHA,
     _mean_var,
@@ -42,7 +42,7 @@ DEFINITIONS = {
 def _fmt_ts(epoch: float | None) -> str | None:
     if epoch is None:
         return None
-    t = _dt.datetime.fromtimestamp(epoch, _dt.timezone.utc)
+    t = _dt.datetime.fromtimestamp(epoch, _dt.UTC)
     return t.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
@@ -337,14 +337,14 @@ def summarize(ds: Dataset, control: str | None = None) -> Report:
     warnings: list[str] = []
     comparisons = []
     for k in order:
-        if k == ctrl:
+        if ctrl is None or k == ctrl:  # no arms at all, or the control itself
             continue
         cmp_ = Comparison(
-            arm=k, control=ctrl,  # type: ignore[arg-type]
-            ttft=_shift_test("ttft_ms", k, ctrl, ttft_sorted[k], ttft_sorted[ctrl]),  # type: ignore[index]
-            latency=_shift_test("latency_ms", k, ctrl, lat_sorted[k], lat_sorted[ctrl]),  # type: ignore[index]
-            errors=_prop_test(k, ctrl, arms[k], arms[ctrl]),  # type: ignore[index]
-            cost=_cost_test(k, ctrl, ds.arms[k], ds.arms[ctrl]),  # type: ignore[index]
+            arm=k, control=ctrl,
+            ttft=_shift_test("ttft_ms", k, ctrl, ttft_sorted[k], ttft_sorted[ctrl]),
+            latency=_shift_test("latency_ms", k, ctrl, lat_sorted[k], lat_sorted[ctrl]),
+            errors=_prop_test(k, ctrl, arms[k], arms[ctrl]),
+            cost=_cost_test(k, ctrl, ds.arms[k], ds.arms[ctrl]),
             verdicts=[],
         )
         cmp_.verdicts = _verdicts(cmp_)
