@@ -1,0 +1,189 @@
+"""Plays a Job out to the client, streamed or whole, paced and cut by its fault, noticing the client going away."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any, Final
+
+import orjson
+from aiohttp import web
+
+from .dialects import Dialect, Job
+from .faults import Fault
+from .state import STATE
+
+# Short enough that `ended` lands within a few ms of the peer closing, while a
+# sleeping handler costs next to nothing. Polling the transport works however
+# the app is hosted (start_mock, aiohttp_client, the CLI), unlike
+# handler_cancellation, which is a runner setting the app cannot enforce.
+_POLL_S: Final = 0.005
+STALL_S: Final = 3600.0
+
+
+class Stop(Exception):
+    """Ends a handler early: the peer went away or the server is shutting down."""
+
+    def __init__(self, outcome: str) -> None:
+        super().__init__(outcome)
+        self.outcome = outcome
+
+
+def client_gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
+async def sleep_or_stop(request: web.Request, seconds: float) -> None:
+    """Sleep, but raise Stop as soon as the client closes or the app shuts down."""
+    state = request.app[STATE]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while True:
+        if client_gone(request):
+            raise Stop("client_closed")
+        if state.closing:
+            raise Stop("server_shutdown")
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            return
+        await asyncio.sleep(min(remaining, _POLL_S))
+
+
+def json_response(data: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
+    body = orjson.dumps(data)
+    return web.Response(status=status, body=body, content_type="application/json", headers=headers)
+
+
+def error_response(dialect: Dialect, status: int, message: str, retry_after: str | None = None) -> web.Response:
+    headers = {"Retry-After": retry_after} if retry_after is not None else None
+    return json_response(dialect.error_body(status, message), status, headers)
+
+
+class _Out:
+    """Writes stream bytes, optionally in K-byte pieces so events (and UTF-8
+    characters) arrive split across TCP segments."""
+
+    __slots__ = ("_resp", "_chunk")
+
+    def __init__(self, resp: web.StreamResponse, chunk_bytes: int) -> None:
+        self._resp = resp
+        self._chunk = chunk_bytes
+
+    async def send(self, data: bytes) -> None:
+        try:
+            if not self._chunk:
+                await self._resp.write(data)
+                return
+            for start in range(0, len(data), self._chunk):
+                await self._resp.write(data[start : start + self._chunk])
+                # Yield so each piece leaves in its own send() instead of the
+                # loop coalescing them (TCP_NODELAY is on for aiohttp sockets).
+                await asyncio.sleep(0)
+        except ConnectionError as exc:
+            raise Stop("client_closed") from exc
+
+
+async def _flush(request: web.Request) -> None:
+    """Wait until written bytes left the transport, so an abort drops the
+    connection after the tokens rather than discarding them."""
+    transport = request.transport
+    while transport is not None and not transport.is_closing() and transport.get_write_buffer_size():
+        await asyncio.sleep(_POLL_S)
+
+
+async def stream_job(
+    request: web.Request,
+    dialect: Dialect,
+    job: Job,
+    fault: Fault,
+    delays: tuple[float, float],
+    chunk_bytes: int,
+    record: dict[str, Any],
+) -> web.StreamResponse:
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+    await resp.prepare(request)  # a StreamResponse sends its headers right away
+    record["status"] = 200
+    try:
+        await _emit(request, _Out(resp, chunk_bytes), dialect, job, fault, delays, record)
+    except Stop as stop:
+        record["outcome"] = stop.outcome
+    # aiohttp ends the chunked body after the handler: cleanly for a finished
+    # or truncated stream, and quietly not at all on a closed connection.
+    return resp
+
+
+async def _emit(
+    request: web.Request,
+    out: _Out,
+    dialect: Dialect,
+    job: Job,
+    fault: Fault,
+    delays: tuple[float, float],
+    record: dict[str, Any],
+) -> None:
+    first_s, inter_s = delays
+    # A cut after N >= tokens still fires, before the finish events: "drop
+    # before [DONE]" is a case worth testing.
+    stop_at = min(fault.cut_after, job.tokens) if fault.cut else job.tokens
+    for i in range(stop_at):
+        await sleep_or_stop(request, first_s if i == 0 else inter_s)
+        # The preamble rides with the first token, so a fault after 0 tokens
+        # means nothing but headers reached the client (the gateway may retry).
+        await out.send(dialect.preamble(job) + dialect.token(job, i) if i == 0 else dialect.token(job, i))
+        record["tokens_sent"] = i + 1
+    if stop_at == 0:
+        await sleep_or_stop(request, first_s)
+
+    if fault.cut is None:
+        await out.send((dialect.preamble(job) if job.tokens == 0 else b"") + dialect.finish(job))
+        record["outcome"] = "completed"
+    elif fault.cut == "drop":
+        await _flush(request)
+        record["outcome"] = "dropped"
+        if request.transport is not None:
+            # Closing without the chunked terminator: the client sees an
+            # incomplete payload. asyncio closes the socket (FIN, not RST),
+            # so the tokens already sent stay readable.
+            request.transport.abort()
+    elif fault.cut == "truncate":
+        record["outcome"] = "truncated"
+    elif fault.cut == "error":
+        await out.send(dialect.error_event(job))
+        record["outcome"] = "error_event"
+    else:
+        record["outcome"] = "stalled"
+        await sleep_or_stop(request, STALL_S)
+
+
+async def complete_job(
+    request: web.Request,
+    dialect: Dialect,
+    job: Job,
+    fault: Fault,
+    delays: tuple[float, float],
+    record: dict[str, Any],
+) -> web.StreamResponse:
+    """Non-streaming: wait as long as generating the tokens would take, then
+    answer. Cuts have no stream to cut: drop/truncate close the connection
+    with no response, error answers with the dialect's error status, and any
+    stall never sends headers."""
+    first_s, inter_s = delays
+    n = min(fault.cut_after, job.tokens) if fault.cut else job.tokens
+    await sleep_or_stop(request, first_s + inter_s * max(n - 1, 0))
+    if fault.cut is None:
+        record["outcome"], record["status"] = "completed", 200
+        record["tokens_sent"] = job.tokens
+        return json_response(dialect.full(job))
+    if fault.cut in ("drop", "truncate"):
+        record["outcome"] = "dropped" if fault.cut == "drop" else "truncated"
+        if request.transport is not None:
+            request.transport.abort()
+        return web.Response()  # never sent: the transport is gone
+    if fault.cut == "error":
+        status = dialect.stream_error_status()
+        record["outcome"], record["status"] = "status", status
+        return error_response(dialect, status, "Overloaded" if status == 529 else "The server had an error")
+    record["outcome"] = "stalled"
+    await sleep_or_stop(request, STALL_S)
+    return web.Response(status=504)
