@@ -66,6 +66,17 @@ def _png_data_uri(fig: Any) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+def _finish_time_chart(fig: Any, ax: Any, width: int, ylabel: str, title: str) -> None:
+    """Labels, grid and legend shared by the charts over time."""
+    ax.set_ylabel(ylabel)
+    ax.set_xlabel(f"time (UTC), {_duration_words(width)} buckets")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize="small")
+    fig.autofmt_xdate()
+
+
 def write_html(report: Report, dataset: Dataset, path: str) -> None:
     """Write a self-contained HTML page (text report + charts as inline PNG
     data URIs; no external URLs).  Raises ReportError if matplotlib is
@@ -116,13 +127,8 @@ def write_html(report: Report, dataset: Dataset, path: str) -> None:
                 ax.plot(*zip(*p50), color=color, marker=".", label=f"{k} p50")
             if p95:
                 ax.plot(*zip(*p95), color=color, linestyle="--", label=f"{k} p95")
-        ax.set_ylabel("latency of ok requests (ms)")
-        ax.set_xlabel(f"time (UTC), {_duration_words(width)} buckets")
-        ax.set_title("Latency over time per arm (p50 solid, p95 dashed)")
-        ax.grid(True, alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize="small")
-        fig.autofmt_xdate()
+        _finish_time_chart(fig, ax, width, "latency of ok requests (ms)",
+                           "Latency over time per arm (p50 solid, p95 dashed)")
         images.append(("Latency over time", _png_data_uri(fig)))
 
         fig = Figure(figsize=(9, 3.6))
@@ -133,13 +139,7 @@ def write_html(report: Report, dataset: Dataset, path: str) -> None:
             pts = [(to_dt(i), 100 * sum(buckets[i]) / len(buckets[i])) for i in sorted(buckets)]
             if pts:
                 ax.plot(*zip(*pts), color=f"C{idx}", marker=".", label=k)
-        ax.set_ylabel("error rate (%)")
-        ax.set_xlabel(f"time (UTC), {_duration_words(width)} buckets")
-        ax.set_title("Error rate over time per arm")
-        ax.grid(True, alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize="small")
-        fig.autofmt_xdate()
+        _finish_time_chart(fig, ax, width, "error rate (%)", "Error rate over time per arm")
         images.append(("Error rate over time", _png_data_uri(fig)))
 
     esc = _html.escape
