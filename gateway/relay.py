@@ -89,11 +89,11 @@ async def _with_retries(call: Call, attempt: Callable[[Target, UpstreamRequest],
     for index, target in enumerate(call.targets):
         provider = call.provider(target)
         request = dialect_for(provider.dialect).build_request(provider, target.model, call.chat, stream)
-        request.headers.update({k: v for k, v in call.forward.items()
-                                if k.startswith(provider.forward_headers)} if provider.forward_headers else {})
+        if provider.forward_headers:
+            request.headers.update({k: v for k, v in call.forward.items() if k.startswith(provider.forward_headers)})
         for n in range(provider.retry.attempts):
             if call.remaining() <= 0:
-                raise errors.timeout("total", call.config.providers[call.targets[0].provider].timeouts.total_s)
+                raise errors.timeout("total", _total_s(call))
             call.record.attempts += 1
             call.record.provider, call.record.upstream_model = target.provider, target.model
             call.record.fallback_used = index > 0
