@@ -13,7 +13,6 @@ import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -46,7 +45,6 @@ SCRUB = web.AppKey("scrub", Scrubber)
 DRAINING = web.AppKey("draining", list[bool])
 METRICS = web.AppKey("metrics", Metrics)
 
-STATIC_DIR = Path(__file__).resolve().parent / "static"
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 ARM_OVERRIDE_HEADER = "X-Gateway-Arm-Override"
 
@@ -199,9 +197,9 @@ async def _handle(request: web.Request, endpoint: str,
         record.bytes_out = len(completion.body)
         return web.Response(body=completion.body, content_type="application/json", headers=headers)
     except GatewayError as exc:
+        exc.message = app[SCRUB](exc.message)  # it may quote an upstream
         record.status = exc.status
-        record.fail(exc.outcome, exc.code, app[SCRUB](exc.message))
-        exc.message = app[SCRUB](exc.message)
+        record.fail(exc.outcome, exc.code, exc.message)
         return error_response(exc, headers)
     except asyncio.CancelledError:
         # The client went away (aiohttp cancels the handler: handler_cancellation).
@@ -257,17 +255,15 @@ def _plan(request: web.Request, config: Config, chat: dict[str, Any], record: Re
     arm = choose_arm(route, bucket(route.salt, user.value))
     override = request.headers.get(ARM_OVERRIDE_HEADER)
     if override is not None and config.server.allow_arm_override:
-        arm = next((a for a in route.arms if a.name == override), None) or _unknown_arm(override, route.name)
+        chosen = next((a for a in route.arms if a.name == override), None)
+        if chosen is None:
+            raise GatewayError(400, "unknown_arm", f"Route {route.name!r} has no arm {override!r}",
+                               param=ARM_OVERRIDE_HEADER)
+        arm = chosen
     record.arm = arm.name
     headers["X-Gateway-Arm"] = arm.name
-    targets = candidates(route, arm)
-    call = Call(config, request.app[SESSIONS], record, chat, targets,
+    return Call(config, request.app[SESSIONS], record, chat, candidates(route, arm),
                 forward={k.lower(): v for k, v in request.headers.items()},
+                # One deadline from arrival (the loop's clock is time.monotonic): retries never stack past it.
+                deadline=record.started + config.providers[arm.provider].timeouts.total_s,
                 in_use=request.app[METRICS].upstream_in_use, scrub=request.app[SCRUB])
-    # One deadline from arrival (the loop's clock is time.monotonic): retries never stack past it.
-    call.deadline = record.started + config.providers[arm.provider].timeouts.total_s
-    return call
-
-
-def _unknown_arm(name: str, route: str) -> Any:
-    raise GatewayError(400, "unknown_arm", f"Route {route!r} has no arm {name!r}", param=ARM_OVERRIDE_HEADER)

@@ -10,8 +10,9 @@ import signal
 import socket
 import sys
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
 
 from aiohttp import web
 
@@ -68,9 +69,9 @@ def main(argv: list[str] | None = None) -> int:
                        worker=args.worker))
 
 
-def _run(coro: object) -> int:
+def _run(coro: Coroutine[Any, Any, int]) -> int:
     try:
-        return asyncio.run(coro)  # type: ignore[arg-type]
+        return asyncio.run(coro)
     except KeyboardInterrupt:
         return 0
 

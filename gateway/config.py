@@ -16,7 +16,7 @@ import math
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -437,8 +437,6 @@ def _pricing(r: _Reader) -> dict[str, Price]:
 
 def with_overrides(cfg: Config, *, host: str | None = None, port: int | None = None) -> Config:
     """Apply command-line flags, which win over the file."""
-    from dataclasses import replace
-
     server = replace(cfg.server, host=host or cfg.server.host,
                      port=cfg.server.port if port is None else port)
     return replace(cfg, server=server)
