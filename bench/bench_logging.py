@@ -27,17 +27,18 @@ import structlog
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gateway.errors import Scrubber  # noqa: E402
+from gateway.config import Price  # noqa: E402
+from gateway.providers import Completion, Usage  # noqa: E402
 from gateway.record import RequestLog, RequestRecord  # noqa: E402
 
 
 def sample_record() -> RequestRecord:
     r = RequestRecord("5f0c2a7e9b1d4c3f8a6e0d2b4c6a8e0f", "chat_completions", route="chat", arm="canary",
                       provider="mock-canary", upstream_model="mock-claude", user_key_hash="9a1b2c3d4e5f6071",
-                      user_key_source="user", stream=True, status=200, attempts=1, prompt_tokens=12,
-                      completion_tokens=20, usage_source="upstream", cost_usd=0.000126)
+                      user_key_source="user", stream=True, status=200, attempts=1)
     r.content_times.extend([1.0, 1.02, 1.05])
-    r.finish()
+    r.served_by(Completion(b"{}", "", Usage(12, 20)))
+    r.finished({"mock-claude": Price(3.0, 15.0)})
     return r
 
 
@@ -70,14 +71,14 @@ def main() -> None:
         baseline = timed(lambda r: direct.info("request", **r.fields()), record, n)
     base = statistics.median(baseline)
 
-    log = RequestLog(str(tmp / "queued.log"), Scrubber())
+    log = RequestLog(str(tmp / "queued.log"))
     queued = timed(log.emit, record, n)
     log.close()
 
     fifo = tmp / "stuck.fifo"
     os.mkfifo(fifo)
     reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # never read while measuring
-    stuck_log = RequestLog(str(fifo), Scrubber())
+    stuck_log = RequestLog(str(fifo))
     stuck = timed(stuck_log.emit, record, n)  # the pipe fills after ~70 lines; the loop never notices
     os.set_blocking(reader, True)
     drained = 0

@@ -139,6 +139,10 @@ class Config:
     def public_models(self) -> list[str]:
         return list(self.routes)
 
+    def default_model(self) -> str:
+        """The route for requests that name none (the browser stream)."""
+        return self.server.default_route or next(iter(self.routes))
+
     def secrets(self) -> list[str]:
         return [p.api_key for p in self.providers.values() if p.api_key]
 

@@ -1,36 +1,59 @@
-"""The per-request record and the one log line it becomes.
+"""The per-request record: the one owner of what a request's log line says.
 
-The relay fills a `RequestRecord` while the request runs (plain attribute
-writes, no logging calls on the hot path) and `RequestLog.emit` writes it once
-at the end as a JSON line: structlog's processor chain rendering with orjson
-into bytes, handed to a writer thread so a slow disk or a full pipe never
-blocks the event loop. The field list is docs/log-schema.md.
+Every fact about a request reaches the record through a method named for what
+happened (`routed`, `attempt_started`, `committed`, `wrote`, `served_by`,
+`failed`, `disconnected`, `finished`), so the rules live here and nowhere else:
+how tokens are accounted and priced, that a failure before any token costs
+nothing, that text from outside is scrubbed of secrets (once, in `failed`,
+before it can reach a client or the log), and that a record finishes once.
+
+`RequestLog.emit` then writes the finished record as one JSON line: a
+structlog chain of its own (never the global configuration) rendering with
+orjson into bytes, handed to a writer thread (`logsink.py`) so a slow disk or
+a full pipe never blocks the event loop. The field list is docs/log-schema.md.
+
+    >>> from gateway.errors import GatewayError
+    >>> record = RequestRecord("req-1", "chat_completions", scrub=lambda text: text.replace("sk-x", "[redacted]"))
+    >>> record.failed(GatewayError(502, "upstream_error", "Provider p answered 500: bad key sk-x")).message
+    'Provider p answered 500: bad key [redacted]'
+    >>> record.finished({})
+    >>> record.status, record.outcome, record.cost_usd
+    (502, 'upstream_error', 0.0)
 """
 
 from __future__ import annotations
 
 import math
-import os
-import queue
 import sys
-import threading
 import time
-from collections.abc import MutableMapping
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 import orjson
 import structlog
 
-from .config import Price
-from .errors import Scrubber
+from .config import Price, Target
+from .errors import GatewayError
+from .logsink import QueueWriter
+from .providers import Usage
 
 SCHEMA_VERSION = 1
 
 
 def _ms(seconds: float) -> float:
     return round(seconds * 1000.0, 1)
+
+
+class TokenReport(Protocol):
+    """Whatever served the request: it knows the tokens to account, and where they come from."""
+
+    def tokens(self) -> tuple[Usage, str]: ...
+
+
+class RecordFinished(RuntimeError):
+    """The record was already finished: its log line is written, nothing may change it."""
 
 
 @dataclass(slots=True)
@@ -66,33 +89,91 @@ class RequestRecord:
     error_code: str | None = None
     error_message: str | None = None
     # Working state, not logged.
+    scrub: Callable[[str], str] = field(default=str, repr=False)
     started: float = field(default_factory=time.monotonic)
     ts: datetime = field(default_factory=lambda: datetime.now(UTC))
     content_times: list[float] = field(default_factory=list)
     overhead_s: float = 0.0
-    output_events: int = 0  # output deltas relayed: the token estimate when upstream sends no usage
+    served: TokenReport | None = None
+    is_committed: bool = False
+    is_finished: bool = False
 
     def since_start_ms(self, now: float | None = None) -> float:
         return _ms((time.monotonic() if now is None else now) - self.started)
 
-    def content_written(self, now: float) -> None:
-        if not self.content_times:
-            self.ttft_ms = self.since_start_ms(now)
-        self.content_times.append(now)
+    # --- what happens to a request, in order -------------------------------------
 
-    def fail(self, outcome: str, code: str, message: str) -> None:
-        self.outcome, self.error_code, self.error_message = outcome, code, message
+    def requested(self, model: str, stream: bool) -> None:
+        self.route, self.stream = model, stream
 
-    def account(self, prompt: int | None, completion: int | None, *, source: str,
-                price: Price | None) -> None:
-        self.prompt_tokens, self.completion_tokens, self.usage_source = prompt, completion, source
-        if price is not None and (prompt is not None or completion is not None):
-            cost = ((prompt or 0) * price.input_per_mtok + (completion or 0) * price.output_per_mtok) / 1e6
-            self.cost_usd = round(cost, 10)
+    def routed(self, arm: str, user_key_hash: str, user_key_source: str) -> None:
+        self.arm, self.user_key_hash, self.user_key_source = arm, user_key_hash, user_key_source
 
-    def finish(self) -> None:
+    def attempt_started(self, target: Target, *, fallback: bool) -> None:
+        self.attempts += 1
+        self.provider, self.upstream_model, self.fallback_used = target.provider, target.model, fallback
+
+    def attempt_failed(self, provider: str, code: str) -> None:
+        self.attempt_errors.append(f"{provider}:{code}")
+
+    def upstream_answered(self) -> None:
+        """The attempt's status line arrived (its body has not)."""
+        self.upstream_connect_ms = self.since_start_ms()
+        self.ttfb_ms = None
+
+    def upstream_first_byte(self) -> None:
+        if self.ttfb_ms is None:
+            self.ttfb_ms = self.since_start_ms()
+
+    def committed(self) -> None:
+        """The status line went to the client: from now on a failure cannot change it."""
+        if self.is_committed:
+            raise RuntimeError("a response is committed once")
+        self.is_committed, self.status = True, 200
+
+    def wrote(self, nbytes: int, events: int, outputs: int, now: float, overhead_s: float = 0.0) -> None:
+        """Bytes reached the client; `outputs` of the events carried model output."""
+        self.bytes_out += nbytes
+        self.events_out += events
+        self.overhead_s += overhead_s
+        if outputs:
+            if not self.content_times:
+                self.ttft_ms = self.since_start_ms(now)
+            self.content_times.append(now)
+
+    def served_by(self, report: TokenReport) -> None:
+        """The response (streamed or not) that will be accounted when the request finishes."""
+        self.served = report
+
+    def failed(self, error: GatewayError) -> GatewayError:
+        """The request fails with `error`; its message is scrubbed here, once, before the client or
+        the log can see it (it may quote an upstream). Returns the error, ready to render."""
+        error.message = self.scrub(error.message)
+        if not self.is_committed:
+            self.status = error.status
+        self.outcome, self.error_code, self.error_message = error.outcome, error.code, error.message
+        return error
+
+    def crashed(self, exc: Exception) -> GatewayError:
+        """A bug in the gateway: the log gets the exception's type and (scrubbed) text; the client
+        a generic 500, never a trace."""
+        self.failed(GatewayError(500, "internal_error", f"{type(exc).__name__}: {exc}", outcome="gateway_error"))
+        return GatewayError(500, "internal_error", "The gateway failed to handle the request",
+                            outcome="gateway_error")
+
+    def disconnected(self) -> None:
+        self.client_disconnected = True
+        self.outcome, self.error_code = "client_disconnected", "client_disconnected"
+        self.error_message = "the client closed the connection"
+
+    def finished(self, pricing: Mapping[str, Price]) -> None:
+        """The request is over: account its tokens, price them, sum up its timing. Once."""
+        if self.is_finished:
+            raise RecordFinished(self.request_id)
+        self.is_finished = True
         now = time.monotonic()
         self.latency_ms = self.since_start_ms(now)
+        self._account(pricing.get(self.upstream_model or ""))
         times = self.content_times
         if len(times) >= 2:
             gaps = sorted(b - a for a, b in zip(times, times[1:]))
@@ -100,76 +181,58 @@ class RequestRecord:
             self.p95_gap_ms = _ms(gaps[max(0, math.ceil(0.95 * len(gaps)) - 1)])  # nearest rank
         self.gateway_overhead_ms = _ms(self.overhead_s)
 
+    def _account(self, price: Price | None) -> None:
+        if self.served is None:
+            # Nothing was served: a failure before any token costs nothing.
+            self.cost_usd = None if self.outcome == "ok" else 0.0
+            return
+        usage, source = self.served.tokens()
+        self.prompt_tokens, self.completion_tokens, self.usage_source = (
+            usage.prompt_tokens, usage.completion_tokens, source)
+        if source == "none":
+            # A response without usage: unknown cost when it succeeded, none when it failed.
+            self.cost_usd = None if self.outcome == "ok" else 0.0
+        elif price is not None:
+            cost = ((usage.prompt_tokens or 0) * price.input_per_mtok
+                    + (usage.completion_tokens or 0) * price.output_per_mtok) / 1e6
+            self.cost_usd = round(cost, 10)
+
     def fields(self) -> dict[str, Any]:
         out: dict[str, Any] = {"schema": SCHEMA_VERSION,
                                "ts": self.ts.isoformat(timespec="milliseconds").replace("+00:00", "Z")}
-        for f in _LOGGED:
-            out[f] = getattr(self, f)
+        for name in LOGGED_FIELDS:
+            out[name] = getattr(self, name)
         return out
 
 
-_LOGGED = [f.name for f in fields(RequestRecord)
-           if f.name not in ("started", "ts", "content_times", "overhead_s", "output_events")]
-
-
-class QueueWriter:
-    """A file-like sink whose writes go to a thread, so logging never blocks the loop.
-
-    Each line leaves in a single unbuffered write(): with several worker
-    processes appending to one file (O_APPEND) or one pipe (lines are under
-    PIPE_BUF), their lines never interleave. The queue is unbounded on
-    purpose: a stuck disk costs memory, never a log line.
-    """
-
-    def __init__(self, fd: int) -> None:
-        self._fd = fd
-        self._queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="gateway-log", daemon=True)
-        self._thread.start()
-
-    def write(self, data: bytes) -> None:
-        self._queue.put(data)
-
-    def flush(self) -> None:  # every line is written as soon as the thread gets to it
-        pass
-
-    def _run(self) -> None:
-        while (line := self._queue.get()) is not None:
-            view = memoryview(line)
-            while view:
-                view = view[os.write(self._fd, view):]
-
-    def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join(timeout=10)
+_WORKING = {"scrub", "started", "ts", "content_times", "overhead_s", "served", "is_committed", "is_finished"}
+LOGGED_FIELDS = [name for name in RequestRecord.__dataclass_fields__ if name not in _WORKING]
 
 
 class RequestLog:
-    """Writes one JSON line per request."""
+    """Writes one JSON line per finished request, to a file or stdout.
 
-    def __init__(self, path: str | None, scrub: Scrubber) -> None:
+    The chain is the log's own (`structlog.wrap_logger`), so two logs in one
+    process (two apps, tests) never write into each other's files.
+    """
+
+    def __init__(self, path: str | None) -> None:
         self._file: IO[bytes] | None = open(path, "ab", buffering=0) if path else None
         sys.stdout.flush()
         self._writer = QueueWriter(self._file.fileno() if self._file else sys.stdout.fileno())
-        self._scrub = scrub
-        structlog.configure(
-            processors=[self._scrub_messages, structlog.processors.JSONRenderer(serializer=orjson.dumps)],
-            logger_factory=structlog.BytesLoggerFactory(self._writer),  # type: ignore[arg-type]  # duck-typed file
+        self._log = structlog.wrap_logger(
+            structlog.BytesLogger(self._writer),  # type: ignore[arg-type]  # a duck-typed binary file
+            processors=[structlog.processors.JSONRenderer(serializer=orjson.dumps)],
             cache_logger_on_first_use=True,
         )
-        self._log = structlog.get_logger()
-
-    def _scrub_messages(self, logger: object, method: str, event: MutableMapping[str, Any]
-                        ) -> MutableMapping[str, Any]:
-        # Error text can come from an upstream; never let a secret through.
-        if event.get("error_message"):
-            event["error_message"] = self._scrub(event["error_message"])
-        return event
 
     def emit(self, record: RequestRecord) -> None:
+        if not record.is_finished:
+            raise RuntimeError("only a finished record is logged")
         self._log.info("request", **record.fields())
 
     def close(self) -> None:
         self._writer.close()
         if self._file is not None:
             self._file.close()
+            self._file = None

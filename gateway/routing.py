@@ -19,7 +19,10 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 
-from .config import BASIS_POINTS, Arm, Route, Target
+from .config import BASIS_POINTS, Arm, Config, Route, Target
+from .errors import GatewayError
+
+ARM_OVERRIDE_HEADER = "X-Gateway-Arm-Override"
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,3 +69,41 @@ def candidates(route: Route, arm: Arm) -> list[Target]:
         if target not in chain:
             chain.append(target)
     return chain
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """Where one request goes: its route, the user's arm, and the providers to try in order."""
+
+    route: Route
+    arm: Arm
+    user: UserKey
+    targets: tuple[Target, ...]
+    total_s: float  # the arm's provider's deadline for the whole request
+
+    @property
+    def user_key_hash(self) -> str:
+        return user_key_hash(self.route.salt, self.user.value)
+
+
+def plan(config: Config, model: str, user: UserKey, arm_override: str | None = None) -> Plan:
+    """Route -> arm (sticky, or the override header where the config allows it) -> candidates.
+
+        >>> from gateway.config import load_config
+        >>> p = plan(load_config(), "chat", UserKey("user-42", "user"))
+        >>> p.arm.name, [t.provider for t in p.targets]
+        ('control', ['mock-control', 'mock-cheap'])
+    """
+    route = config.routes.get(model)
+    if route is None:
+        raise GatewayError(404, "model_not_found",
+                           f"The model {model!r} does not exist; available: {', '.join(config.public_models())}",
+                           param="model")
+    arm = choose_arm(route, bucket(route.salt, user.value))
+    if arm_override is not None and config.server.allow_arm_override:
+        chosen = next((a for a in route.arms if a.name == arm_override), None)
+        if chosen is None:
+            raise GatewayError(400, "unknown_arm", f"Route {route.name!r} has no arm {arm_override!r}",
+                               param=ARM_OVERRIDE_HEADER)
+        arm = chosen
+    return Plan(route, arm, user, tuple(candidates(route, arm)), config.providers[arm.provider].timeouts.total_s)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from .config import Config
 from .errors import invalid_request
 
 ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
@@ -50,12 +49,16 @@ def _messages(value: Any) -> list[dict[str, Any]]:
     return value
 
 
-def parse_chat_request(body: Any, config: Config) -> dict[str, Any]:
+def parse_chat_request(body: Any) -> dict[str, Any]:
     """An OpenAI Chat Completions request body."""
     if not isinstance(body, dict):
         raise invalid_request("The request body must be a JSON object")
     if not isinstance(body.get("model"), str) or not body["model"]:
         raise invalid_request("model is required and must be a string", "model")
+    return _chat_fields(body)
+
+
+def _chat_fields(body: dict[str, Any]) -> dict[str, Any]:
     _messages(body.get("messages"))
     if not isinstance(body.get("stream", False), bool):
         raise invalid_request("stream must be true or false", "stream")
@@ -82,8 +85,9 @@ def parse_chat_request(body: Any, config: Config) -> dict[str, Any]:
     return body
 
 
-def parse_stream_chat_request(body: Any, config: Config) -> dict[str, Any]:
-    """The browser stream: `{"prompt": "..."}` or `{"messages": [...]}`, optional model and user."""
+def parse_stream_chat_request(body: Any) -> dict[str, Any]:
+    """The browser stream: `{"prompt": "..."}` or `{"messages": [...]}`, optional model and user.
+    Without a model, the caller routes to the configured default."""
     if not isinstance(body, dict):
         raise invalid_request("The request body must be a JSON object")
     unknown = set(body) - {"prompt", "messages", "model", "user", "max_tokens", "temperature"}
@@ -94,13 +98,15 @@ def parse_stream_chat_request(body: Any, config: Config) -> dict[str, Any]:
         raise invalid_request("Send exactly one of prompt (a string) or messages (an array)", "prompt")
     if prompt is not None and (not isinstance(prompt, str) or not prompt.strip()):
         raise invalid_request("prompt must be a non-empty string", "prompt")
-    model = body.get("model", config.server.default_route or next(iter(config.routes)))
     chat: dict[str, Any] = {
-        "model": model,
         "messages": _messages(messages) if messages is not None else [{"role": "user", "content": prompt}],
         "stream": True,
     }
+    if "model" in body:
+        if not isinstance(body["model"], str) or not body["model"]:
+            raise invalid_request("model must be a non-empty string", "model")
+        chat["model"] = body["model"]
     for key in ("user", "max_tokens", "temperature"):
         if body.get(key) is not None:
             chat[key] = body[key]
-    return parse_chat_request(chat, config)
+    return _chat_fields(chat)

@@ -16,7 +16,6 @@ from aiohttp.test_utils import TestServer
 
 from gateway.app import build_app
 from gateway.config import parse_config
-from gateway.errors import Scrubber
 from gateway.record import RequestLog
 
 from .conftest import Gateway, Process, read_log
@@ -95,7 +94,7 @@ async def test_200_aborted_streams_leak_no_task_connection_or_fd(mock_upstream: 
     # The gateway runs in this process so its tasks and descriptors can be counted.
     log_path = tmp_path / "requests.log"
     config = parse_config(in_process_config(mock_upstream.url, log_path), "test", {})
-    log = RequestLog(str(log_path), Scrubber())
+    log = RequestLog(str(log_path))
     server = TestServer(build_app(config, log=log), host="127.0.0.1", port=0, handler_cancellation=True)
     await server.start_server()
     try:
@@ -165,7 +164,7 @@ async def test_without_handler_cancellation_the_next_write_notices_the_client_le
     # Hosted by a runner that does not cancel handlers, the relay still ends at its next write.
     log_path = tmp_path / "requests.log"
     config = parse_config(in_process_config(mock_upstream.url, log_path), "test", {})
-    log = RequestLog(str(log_path), Scrubber())
+    log = RequestLog(str(log_path))
     server = TestServer(build_app(config, log=log), host="127.0.0.1", port=0)
     await server.start_server()
     try:

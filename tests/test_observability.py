@@ -310,13 +310,14 @@ async def test_a_gateway_bug_is_a_generic_500_and_one_gateway_error_line(
 
     from .conftest import config_text
 
-    def broken(body: object, config: object) -> dict:
+    async def broken(request: object) -> dict:
         raise RuntimeError(f"boom with {PROVIDER_KEY} inside")
 
-    monkeypatch.setattr(gateway.app, "parse_chat_request", broken)
-    config = parse_config(tomllib.loads(config_text(mock_upstream.url)), "test", {})
+    monkeypatch.setattr(gateway.app, "_read_json", broken)
+    text = config_text(mock_upstream.url).replace('[providers.oa]', '[providers.oa]\napi_key_env = "OBS_TEST_KEY"')
+    config = parse_config(tomllib.loads(text), "test", {"OBS_TEST_KEY": PROVIDER_KEY})
     log_path = tmp_path / "requests.log"
-    log = RequestLog(str(log_path), Scrubber([PROVIDER_KEY]))
+    log = RequestLog(str(log_path))
     server = TestServer(gateway.app.build_app(config, log=log), host="127.0.0.1", port=0)
     await server.start_server()
     try:

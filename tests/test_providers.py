@@ -38,18 +38,18 @@ def test_openai_non_stream_request_has_no_stream_options() -> None:
 def test_openai_content_delta_is_forwarded_raw_with_its_text() -> None:
     [event] = events(b'data: {"choices":[{"index":0,"delta":{"content":"Hi"}}]}\r\n\r\n')
     [piece] = openai.OpenAIStream().translate(event)
-    assert (piece.out, piece.text, piece.output) == (event.raw, "Hi", True)
+    assert (piece.openai_sse, piece.text, piece.model_output) == (event.raw, "Hi", True)
 
 
 def test_openai_reasoning_delta_is_output_without_text() -> None:
     [event] = events(b'data: {"choices":[{"index":0,"delta":{"reasoning_content":"hmm"}}]}\n\n')
     [piece] = openai.OpenAIStream().translate(event)
-    assert (piece.text, piece.output) == ("", True)
+    assert (piece.text, piece.model_output) == ("", True)
 
 
 def test_openai_role_chunk_is_not_output() -> None:
     [event] = events(b'data: {"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}\n\n')
-    assert openai.OpenAIStream().translate(event)[0].output is False
+    assert openai.OpenAIStream().translate(event)[0].model_output is False
 
 
 def test_openai_usage_chunk_is_usage_only_and_recorded() -> None:
@@ -61,7 +61,7 @@ def test_openai_usage_chunk_is_usage_only_and_recorded() -> None:
 
 def test_openai_done_is_the_terminator() -> None:
     [piece] = openai.OpenAIStream().translate(events(b"data: [DONE]\n\n")[0])
-    assert piece.done and piece.out == b"data: [DONE]\n\n"
+    assert piece.done and piece.openai_sse == b"data: [DONE]\n\n"
 
 
 @pytest.mark.parametrize("raw", [b'data: {"error":{"message":"overloaded"}}\n\n', b"data: not json\n\n",
@@ -119,13 +119,14 @@ def translate_all(raw: bytes) -> tuple[anthropic.AnthropicStream, list]:
 
 def test_anthropic_stream_becomes_openai_chunks_ending_in_done() -> None:
     stream, pieces = translate_all(ANTHROPIC_STREAM)
-    chunks = [orjson.loads(p.out[len(b"data: "):]) for p in pieces if p.out and p.out != b"data: [DONE]\n\n"]
+    chunks = [orjson.loads(p.openai_sse[len(b"data: "):]) for p in pieces
+              if p.openai_sse and p.openai_sse != b"data: [DONE]\n\n"]
     assert [c["choices"][0]["delta"] for c in chunks if c["choices"]] == [
         {"role": "assistant", "content": ""}, {"content": "Hel"}, {"content": "lo"}, {}]
     assert chunks[-2]["choices"][0]["finish_reason"] == "length"
     assert chunks[-1]["usage"] == {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}
     assert all(c["id"] == "chatcmpl-msg_1" and c["object"] == "chat.completion.chunk" for c in chunks)
-    assert pieces[-1].done and pieces[-1].out == b"data: [DONE]\n\n"
+    assert pieces[-1].done and pieces[-1].openai_sse == b"data: [DONE]\n\n"
     assert "".join(p.text for p in pieces) == "Hello"
 
 
@@ -137,7 +138,7 @@ def test_anthropic_placeholder_output_tokens_do_not_count_as_usage() -> None:
 def test_anthropic_thinking_delta_is_output_with_nothing_to_forward() -> None:
     _, [piece] = translate_all(b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
                                b'"delta":{"type":"thinking_delta","thinking":"hmm"}}\n\n')
-    assert piece.output and piece.out is None and piece.text == ""
+    assert piece.model_output and piece.openai_sse is None and piece.text == ""
 
 
 def test_anthropic_error_event_is_an_error() -> None:

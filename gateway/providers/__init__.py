@@ -29,18 +29,18 @@ class Usage:
 class Piece:
     """What one upstream event means."""
 
-    out: bytes | None = None   # OpenAI-format SSE bytes for a chat.completions client
-    text: str = ""             # content text the event carries
-    output: bool = False       # carries model output of any kind: text, reasoning, tool calls
+    openai_sse: bytes | None = None  # the event as OpenAI chat.completion.chunk SSE bytes, if any
+    text: str = ""                   # content text the event carries
+    model_output: bool = False       # carries model output of any kind: text, reasoning, tool calls
     usage_only: bool = False   # carries only usage: forwarded only if the client asked
     done: bool = False         # the stream's proper terminator
     error: str | None = None   # the upstream reported an error inside the stream
 
 
-def output_piece(out: bytes, text: str, other_output: bool = False) -> Piece:
+def output_piece(openai_sse: bytes, text: str, other_output: bool = False) -> Piece:
     """A piece of model output. Reasoning and tool-call deltas count as output (the
     stream is alive and committed) though they carry no visible text."""
-    return Piece(out=out, text=text, output=bool(text) or other_output)
+    return Piece(openai_sse=openai_sse, text=text, model_output=bool(text) or other_output)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +57,10 @@ class Completion:
     body: bytes
     text: str
     usage: Usage = field(default_factory=Usage)
+
+    def tokens(self) -> tuple[Usage, str]:
+        """The tokens to account: the provider's usage, if it sent one."""
+        return self.usage, "upstream" if self.usage.known else "none"
 
 
 class StreamTranslator(Protocol):

@@ -90,7 +90,7 @@ class AnthropicStream:
             if text:
                 return [output_piece(self._chunk({"content": text}), text)]
             if delta.get("type") in ("thinking_delta", "input_json_delta"):
-                return [Piece(output=True)]  # the model is working; nothing to show an OpenAI client yet
+                return [Piece(model_output=True)]  # the model is working; nothing to show an OpenAI client yet
             return []
         if kind == "message_start":
             message = data.get("message") or {}
@@ -99,7 +99,7 @@ class AnthropicStream:
             usage = message.get("usage") or {}
             # output_tokens here is a running placeholder; the count comes with message_delta.
             self.usage = Usage(usage.get("input_tokens"), None)
-            return [Piece(out=self._chunk({"role": "assistant", "content": ""}))]
+            return [Piece(openai_sse=self._chunk({"role": "assistant", "content": ""}))]
         if kind == "message_delta":
             usage = data.get("usage") or {}
             if usage.get("output_tokens") is not None:
@@ -107,10 +107,10 @@ class AnthropicStream:
             if usage.get("input_tokens") is not None:
                 self.usage.prompt_tokens = usage["input_tokens"]
             reason = str((data.get("delta") or {}).get("stop_reason"))
-            return [Piece(out=self._chunk({}, FINISH_REASONS.get(reason, "stop")))]
+            return [Piece(openai_sse=self._chunk({}, FINISH_REASONS.get(reason, "stop")))]
         if kind == "message_stop":
-            pieces = [Piece(out=self._usage_chunk(), usage_only=True)] if self.usage.known else []
-            return pieces + [Piece(out=DONE, done=True)]
+            pieces = [Piece(openai_sse=self._usage_chunk(), usage_only=True)] if self.usage.known else []
+            return pieces + [Piece(openai_sse=DONE, done=True)]
         if kind == "error":
             err = data.get("error") or {}
             return [Piece(error=f"upstream error: {err.get('type', 'error')}: {err.get('message', '')}")]

@@ -22,7 +22,7 @@ class OpenAIStream:
 
     def translate(self, event: Event) -> list[Piece]:
         if event.data == "[DONE]":
-            return [Piece(out=event.raw, done=True)]
+            return [Piece(openai_sse=event.raw, done=True)]
         try:
             chunk = orjson.loads(event.data)
         except orjson.JSONDecodeError:
@@ -38,7 +38,7 @@ class OpenAIStream:
             self.usage = Usage(usage.get("prompt_tokens"), usage.get("completion_tokens"))
         choices = chunk.get("choices")
         if not choices:
-            return [Piece(out=event.raw, usage_only=isinstance(usage, dict))]
+            return [Piece(openai_sse=event.raw, usage_only=isinstance(usage, dict))]
         delta = choices[0].get("delta") or {}
         text = delta.get("content") or ""
         # DeepSeek-style reasoning_content and tool calls are output before any visible text.
