@@ -9,8 +9,10 @@ canary last) only moves users into it, never out of it.
 
     >>> from gateway.config import Arm, Route
     >>> route = Route("chat", "exp-1", (Arm("control", "a", "m", 9000), Arm("canary", "b", "m", 1000)))
-    >>> choose_arm(route, bucket("exp-1", "user-42")).name
-    'control'
+    >>> bucket("exp-1", "user-42"), choose_arm(route, bucket("exp-1", "user-42")).name
+    (9192, 'canary')
+    >>> bucket("exp-1", "user-7"), choose_arm(route, bucket("exp-1", "user-7")).name
+    (5535, 'control')
 """
 
 from __future__ import annotations

@@ -126,14 +126,14 @@ class UpstreamStream:
     """One upstream SSE response, from its first chunk to its end, as the client will see it."""
 
     def __init__(self, provider: str, translator: StreamTranslator, renderer: Renderer,
-                 deadlines: Deadlines) -> None:
+                 deadlines: Deadlines, *, max_event_bytes: int = 16 * 1024 * 1024) -> None:
         self.provider = provider
         self.translator = translator
         self.renderer = renderer
         self.deadlines = deadlines
         self.phase = Phase.OPENING
         self.outputs = 0  # model-output pieces received and rendered: the estimate when usage is missing
-        self._parser = SSEParser()
+        self._parser = SSEParser(max_event_bytes)  # an endless event is an error, not unbounded memory
         self._held: list[Piece] = []
         self._ready = False
 
