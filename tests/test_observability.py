@@ -16,8 +16,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.errors import Scrubber
+from gateway.record import LOGGED_FIELDS, SCHEMA_VERSION
 
-from .conftest import Gateway, Process, read_log, start_gateway
+from .conftest import ROOT, Gateway, Process, read_log, start_gateway
 
 PROVIDER_KEY = "sk-provider-distinctive-Q7x9Z2"
 CLIENT_KEY = "sk-client-distinctive-M4k8P1"
@@ -45,6 +46,12 @@ def gw(mock_upstream: Process, blackhole: int, tmp_path_factory: pytest.TempPath
         [server]
         host = "127.0.0.1"
         port = 0
+        allow_arm_override = true
+
+        [providers.refused]
+        dialect = "openai"
+        base_url = "http://127.0.0.1:9/v1"
+        retry = {{ attempts = 1 }}
 
         [providers.oa]
         dialect = "openai"
@@ -83,6 +90,8 @@ def gw(mock_upstream: Process, blackhole: int, tmp_path_factory: pytest.TempPath
         arms = [{{ name = "only", provider = "hole", model = "m", weight = 100 }}]
         [routes.deadline]
         arms = [{{ name = "only", provider = "deadline", model = "m", weight = 100 }}]
+        [routes.refused]
+        arms = [{{ name = "only", provider = "refused", model = "m", weight = 100 }}]
 
         [pricing.gpt-mock]
         input_per_mtok = 2.5
@@ -96,11 +105,12 @@ def gw(mock_upstream: Process, blackhole: int, tmp_path_factory: pytest.TempPath
     gateway.stop()
 
 
-async def call(gw: Gateway, body: dict, headers: dict[str, str] | None = None,
+async def call(gw: Gateway, body: dict | bytes, headers: dict[str, str] | None = None,
                path: str = "/v1/chat/completions") -> tuple[int, bytes, dict]:
     rid = uuid.uuid4().hex
+    data = body if isinstance(body, bytes) else orjson.dumps(body)
     async with aiohttp.ClientSession() as session:
-        async with session.post(f"{gw.url}{path}", json=body,
+        async with session.post(f"{gw.url}{path}", data=data,
                                 headers={"Authorization": f"Bearer {CLIENT_KEY}", "X-Request-Id": rid,
                                          **(headers or {})}) as response:
             return response.status, await response.read(), gw.log_for(rid)
@@ -116,41 +126,109 @@ def cost(prompt: int, completion: int, input_price: float, output_price: float) 
 
 # prompt "PROMPT-CANARY-5d1e tell me a secret" is 5 words: the mock's prompt_tokens.
 OUTCOMES = [
-    # id, route, stream, headers, status, outcome, completion_tokens, usage_source, cost
-    ("ok-openai", "oa", True, {}, 200, "ok", 12, "upstream", cost(5, 12, 2.5, 10.0)),
-    ("ok-anthropic", "an", True, {}, 200, "ok", 12, "upstream", cost(5, 12, 3.0, 15.0)),
-    ("ok-non-stream", "oa", False, {}, 200, "ok", 12, "upstream", cost(5, 12, 2.5, 10.0)),
-    ("no-usage-stream", "oa", True, {"X-Mock-Fault": "omit_usage=1"}, 200, "ok", 12, "estimated",
+    # id, route, stream, headers, status, outcome, error_code, completion_tokens, usage_source, cost
+    ("ok-openai", "oa", True, {}, 200, "ok", None, 12, "upstream", cost(5, 12, 2.5, 10.0)),
+    ("ok-anthropic", "an", True, {}, 200, "ok", None, 12, "upstream", cost(5, 12, 3.0, 15.0)),
+    ("ok-non-stream", "oa", False, {}, 200, "ok", None, 12, "upstream", cost(5, 12, 2.5, 10.0)),
+    ("no-usage-stream", "oa", True, {"X-Mock-Fault": "omit_usage=1"}, 200, "ok", None, 12, "estimated",
      cost(0, 12, 2.5, 10.0)),
-    ("no-usage-unary", "oa", False, {"X-Mock-Fault": "omit_usage=1"}, 200, "ok", None, "none", None),
-    ("upstream-error", "oa", True, {"X-Mock-Fault": "status=500"}, 502, "upstream_error", None, "none", 0.0),
-    ("upstream-rejects", "oa", True, {"X-Mock-Fault": "status=422"}, 422, "client_error", None, "none", 0.0),
-    ("timeout-connect", "hole", True, {}, 504, "timeout_connect", None, "none", 0.0),
+    ("no-usage-unary", "oa", False, {"X-Mock-Fault": "omit_usage=1"}, 200, "ok", None, None, "none", None),
+    ("upstream-error", "oa", True, {"X-Mock-Fault": "status=500"}, 502, "upstream_error", "upstream_error",
+     None, "none", 0.0),
+    ("rate-limited", "oa", True, {"X-Mock-Fault": "status=429"}, 429, "upstream_error", "upstream_rate_limited",
+     None, "none", 0.0),
+    ("upstream-auth-failed", "oa", True, {"X-Mock-Fault": "status=401"}, 502, "upstream_error",
+     "upstream_auth_failed", None, "none", 0.0),
+    ("upstream-rejects", "oa", True, {"X-Mock-Fault": "status=422"}, 422, "client_error", "upstream_rejected",
+     None, "none", 0.0),
+    ("timeout-connect", "hole", True, {}, 504, "timeout_connect", "timeout_connect", None, "none", 0.0),
     ("timeout-first-token", "oa", True, {"X-Mock-Fault": "stall=first"}, 504, "timeout_first_token",
+     "timeout_first_token", None, "none", 0.0),
+    ("timeout-idle", "oa", True, {"X-Mock-Fault": "stall_after=4"}, 200, "timeout_idle", "timeout_idle",
+     4, "estimated", cost(0, 4, 2.5, 10.0)),
+    ("timeout-total", "deadline", True, {"X-Mock-Fault": "stall=first"}, 504, "timeout_total", "timeout_total",
      None, "none", 0.0),
-    ("timeout-idle", "oa", True, {"X-Mock-Fault": "stall_after=4"}, 200, "timeout_idle", 4, "estimated",
-     cost(0, 4, 2.5, 10.0)),
-    ("timeout-total", "deadline", True, {"X-Mock-Fault": "stall=first"}, 504, "timeout_total",
-     None, "none", 0.0),
-    ("truncated", "an", True, {"X-Mock-Fault": "truncate_after=5"}, 200, "truncated", 5, "estimated",
-     cost(5, 5, 3.0, 15.0)),
-    ("mid-stream-error", "an", True, {"X-Mock-Fault": "error_after=5"}, 200, "upstream_error", 5, "estimated",
-     cost(5, 5, 3.0, 15.0)),
+    ("truncated", "an", True, {"X-Mock-Fault": "truncate_after=5"}, 200, "truncated", "upstream_truncated",
+     5, "estimated", cost(5, 5, 3.0, 15.0)),
+    ("mid-stream-error", "an", True, {"X-Mock-Fault": "error_after=5"}, 200, "upstream_error", "upstream_error",
+     5, "estimated", cost(5, 5, 3.0, 15.0)),
+    ("model-not-found", "nope", True, {}, 404, "client_error", "model_not_found", None, "none", 0.0),
 ]
 
 
-@pytest.mark.parametrize(("route", "stream", "headers", "status", "outcome", "completion", "source", "usd"),
+@pytest.mark.parametrize(("route", "stream", "headers", "status", "outcome", "code", "completion", "source", "usd"),
                          [case[1:] for case in OUTCOMES], ids=[case[0] for case in OUTCOMES])
 async def test_each_outcome_is_one_log_line_with_its_fields(
-        gw: Gateway, route: str, stream: bool, headers: dict, status: int, outcome: str,
+        gw: Gateway, route: str, stream: bool, headers: dict, status: int, outcome: str, code: str | None,
         completion: int | None, source: str, usd: float | None) -> None:
     got_status, _, line = await call(gw, chat(route, stream), headers)
     assert got_status == status
-    assert (line["status"], line["outcome"]) == (status, outcome)
+    assert (line["status"], line["outcome"], line["error_code"]) == (status, outcome, code)
     assert (line["completion_tokens"], line["usage_source"]) == (completion, source)
     assert line["cost_usd"] == (pytest.approx(usd, rel=1e-9) if usd is not None else None)
-    assert line["error_code"] == (None if outcome == "ok" else line["error_code"] or "missing")
-    assert line["schema"] == 1 and line["ts"].endswith("Z")
+    assert line["schema"] == SCHEMA_VERSION and line["ts"].endswith("Z")
+    assert set(line) == set(documented_fields()), "every field on the line is documented, and only those"
+    if code is not None:
+        documented_outcome, documented_status = documented_error_codes()[code]
+        assert documented_outcome == outcome
+        assert str(status) in documented_status or ("4xx" in documented_status and 400 <= status < 500)
+
+
+REFUSED = [
+    # id, raw body, headers, status, error_code: refused before any provider answered
+    ("invalid-json", b"{nope", {}, 400, "invalid_json"),
+    ("invalid-request", b'{"model": "oa", "messages": []}', {}, 400, "invalid_request"),
+    ("unknown-arm", orjson.dumps(chat("oa")), {"X-Gateway-Arm-Override": "nobody"}, 400, "unknown_arm"),
+    ("request-too-large", b'{"pad": "' + b"a" * 1_100_000 + b'"}', {}, 413, "request_too_large"),
+    ("upstream-unreachable", orjson.dumps(chat("refused")), {}, 502, "upstream_unreachable"),
+]
+
+
+@pytest.mark.parametrize(("body", "headers", "status", "code"), [case[1:] for case in REFUSED],
+                         ids=[case[0] for case in REFUSED])
+async def test_each_refusal_is_one_log_line_with_its_documented_code(
+        gw: Gateway, body: bytes, headers: dict, status: int, code: str) -> None:
+    got_status, response, line = await call(gw, body, headers)
+    assert got_status == status and orjson.loads(response)["error"]["code"] == code
+    assert (line["status"], line["error_code"], line["usage_source"], line["cost_usd"]) == (status, code, "none", 0.0)
+    documented_outcome, documented_status = documented_error_codes()[code]
+    assert line["outcome"] == documented_outcome and str(status) in documented_status
+
+
+def markdown_rows(heading: str) -> list[list[str]]:
+    """The body rows of the first table under `heading` in docs/log-schema.md, without backticks."""
+    section = (ROOT / "docs" / "log-schema.md").read_text().split(f"\n{heading}\n", 1)[1]
+    lines = section.splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    table = []
+    for line in lines[first + 2:]:  # after the header row and the |---| row
+        if not line.startswith("|"):
+            break
+        table.append([cell.strip().replace("`", "") for cell in line.strip().strip("|").split("|")])
+    return table
+
+
+def documented_fields() -> list[str]:
+    return [row[0] for row in markdown_rows("## Fields")]
+
+
+def documented_error_codes() -> dict[str, tuple[str, str]]:
+    return {row[0]: (row[1], row[2]) for row in markdown_rows("## Error codes")}
+
+
+def test_the_documented_fields_are_the_fields_the_record_logs() -> None:
+    assert sorted(documented_fields()) == sorted(["schema", "event", "ts", *LOGGED_FIELDS])
+
+
+def test_the_schema_document_names_the_version_the_code_writes() -> None:
+    assert f"# Request log schema, version {SCHEMA_VERSION}\n" in (ROOT / "docs" / "log-schema.md").read_text()
+
+
+def test_every_documented_error_code_is_covered_by_an_outcome_case_or_a_named_test() -> None:
+    # client_disconnected: tests/test_disconnect.py; internal_error: the gateway-bug test below.
+    covered = {case[6] for case in OUTCOMES} | {case[4] for case in REFUSED} | {"client_disconnected",
+                                                                               "internal_error"}
+    assert set(documented_error_codes()) == covered - {None}
 
 
 async def test_a_bad_request_is_one_client_error_line(gw: Gateway) -> None:
