@@ -64,7 +64,8 @@ async def test_client_abort_closes_the_upstream_within_100_ms(gateway: Gateway, 
     print(f"\nupstream closed {1000 * (record['ended'] - closed_at):.1f} ms after the client")
     assert record["ended"] - closed_at < 0.1
     line = gateway.log_for(rid)
-    assert (line["outcome"], line["client_disconnected"], line["status"]) == ("client_disconnected", True, 200)
+    assert (line["outcome"], line["error_code"], line["client_disconnected"], line["status"]) == (
+        "client_disconnected", "client_disconnected", True, 200)
     assert line["usage_source"] == "estimated" and line["completion_tokens"] >= 3
 
 
