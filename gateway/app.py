@@ -20,11 +20,15 @@ from aiohttp import web
 
 from .config import Config
 from .endpoints import ENDPOINTS, Endpoint
-from .errors import GatewayError, Scrubber, invalid_request
+from .errors import GatewayError, Scrubber
+from .intake import read_json
+from .keys import authenticate, authorize_route, presented_key
+from .limits import Limiter, reservation
 from .metrics import Metrics
 from .record import RequestLog, RequestRecord
 from .relay import Dispatch, stream_response, unary_response
 from .routing import ARM_OVERRIDE_HEADER, UserKey, pick_user_key, plan
+from .store import MemoryStore, RedisStore, Store
 from .upstreams import Upstreams
 
 CONFIG = web.AppKey("config", Config)
@@ -33,22 +37,30 @@ LOG = web.AppKey("log", RequestLog)
 SCRUB = web.AppKey("scrub", Scrubber)
 DRAINING = web.AppKey("draining", list[bool])
 METRICS = web.AppKey("metrics", Metrics)
+LIMITER = web.AppKey("limiter", Limiter)
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
-def build_app(config: Config, *, log: RequestLog | None = None) -> web.Application:
+def build_app(config: Config, *, log: RequestLog | None = None, workers: int = 1) -> web.Application:
+    """The gateway as an aiohttp app; `workers` is how many processes share the limits when they are
+    kept in-process (each enforces its share)."""
     app = web.Application(client_max_size=config.server.max_body_bytes, middlewares=[error_middleware])
     app[CONFIG] = config
     app[SCRUB] = Scrubber(config.secrets())
     app[DRAINING] = [False]
-    app[METRICS] = Metrics()
+    app[METRICS] = Metrics(config.public_models())
     app[UPSTREAMS] = Upstreams(config.providers, app[METRICS].upstream_in_use, app[METRICS].upstream_limit)
+    store: Store = (RedisStore(config.store.redis_url, timeout_ms=config.store.timeout_ms, prefix=config.store.prefix)
+                    if config.store.redis_url else MemoryStore())
+    app[LIMITER] = Limiter(store, on_error=config.store.on_error, share=workers,
+                           on_store_error=lambda reason: _store_down(app, reason))
     if log is not None:
         app[LOG] = log
     app.on_shutdown.append(_start_draining)
     app.cleanup_ctx.append(_request_log)
     app.cleanup_ctx.append(_provider_sessions)
+    app.cleanup_ctx.append(_limits)
     for endpoint in ENDPOINTS:
         app.router.add_post(endpoint.path, _handler(endpoint))
     app.router.add_get("/v1/models", models)
@@ -82,6 +94,18 @@ async def _request_log(app: web.Application) -> AsyncIterator[None]:
     yield
     if owned:
         app[LOG].close()
+
+
+async def _limits(app: web.Application) -> AsyncIterator[None]:
+    yield
+    await app[LIMITER].close()
+
+
+def _store_down(app: web.Application, reason: str) -> None:
+    # Once per outage (the limiter remembers); the URL may hold a password, so it is never logged.
+    if LOG in app:
+        app[LOG].event("store", status="unavailable", kind=app[LIMITER].store.kind, reason=reason,
+                       on_error=app[CONFIG].store.on_error)
 
 
 async def _provider_sessions(app: web.Application) -> AsyncIterator[None]:
@@ -134,8 +158,13 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    ready = not request.app[DRAINING][0] and request.app[UPSTREAMS].ready()
-    return web.json_response({"status": "ready" if ready else "not ready"}, status=200 if ready else 503)
+    app = request.app
+    store_ok = await app[LIMITER].check_store()
+    ready = (not app[DRAINING][0] and app[UPSTREAMS].ready()
+             and (store_ok or app[CONFIG].store.on_error == "open"))
+    body = {"status": "ready" if ready else "not ready",
+            "store": {"kind": app[LIMITER].store.kind, "ok": store_ok, "on_error": app[CONFIG].store.on_error}}
+    return web.json_response(body, status=200 if ready else 503)
 
 
 def _handler(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
@@ -157,13 +186,22 @@ async def _handle(request: web.Request, endpoint: Endpoint) -> web.StreamRespons
     headers = {"X-Request-Id": record.request_id}
     in_flight = app[METRICS].in_flight.labels(endpoint.name)
     in_flight.inc()
+    admission = None
     try:
-        chat = endpoint.parse(await _read_json(request))
+        key = authenticate(config.auth, request.headers)
+        record.authenticated(key.name if key else None)
+        chat = endpoint.parse(await read_json(request, config.server.max_body_bytes))
         model = chat.setdefault("model", config.default_model())
         record.requested(model, bool(chat.get("stream")))
         route = plan(config, model, _user_key(request, chat), request.headers.get(ARM_OVERRIDE_HEADER))
+        authorize_route(key, model)
         record.routed(route.arm.name, route.user_key_hash, route.user.source)
         headers["X-Gateway-Arm"] = route.arm.name
+        admission = await app[LIMITER].admit(key, reserve=reservation(chat), ttl_s=route.total_s)
+        record.limited(admission.log_fields())
+        headers.update(admission.headers())
+        if admission.refusal is not None:
+            raise admission.refusal
         dispatch = Dispatch(app[UPSTREAMS], record, chat, route, deadline=record.started + route.total_s,
                             heartbeat_s=config.server.heartbeat_s,
                             forward={k.lower(): v for k, v in request.headers.items()})
@@ -180,6 +218,8 @@ async def _handle(request: web.Request, endpoint: Endpoint) -> web.StreamRespons
         return error_response(record.crashed(exc), headers)
     finally:
         _finish(app, record)
+        if admission is not None:
+            app[LIMITER].settle(admission, _tokens_used(record))
         in_flight.dec()
 
 
@@ -189,21 +229,13 @@ def _finish(app: web.Application, record: RequestRecord) -> None:
     app[METRICS].observe(record)
 
 
+def _tokens_used(record: RequestRecord) -> int | None:
+    if record.usage_source == "none" and record.outcome != "ok":
+        return 0  # nothing was generated
+    if record.prompt_tokens is None and record.completion_tokens is None:
+        return None  # unknown: the reservation stands
+    return (record.prompt_tokens or 0) + (record.completion_tokens or 0)
+
+
 def _user_key(request: web.Request, chat: dict[str, Any]) -> UserKey:
-    auth = request.headers.get("Authorization", "")
-    api_key = auth[7:].strip() if auth.lower().startswith("bearer ") else None
-    return pick_user_key(chat.get("user"), request.headers.get("X-User-Id"), api_key)
-
-
-async def _read_json(request: web.Request) -> Any:
-    try:
-        body = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        limit = request.app[CONFIG].server.max_body_bytes
-        raise GatewayError(413, "request_too_large", f"The request body is larger than {limit} bytes") from None
-    if not body:
-        raise invalid_request("The request body is empty; expected a JSON object")
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise GatewayError(400, "invalid_json", f"The request body is not valid JSON: {exc}") from None
+    return pick_user_key(chat.get("user"), request.headers.get("X-User-Id"), presented_key(request.headers))

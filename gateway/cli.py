@@ -16,7 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .config import DEFAULT_CONFIG_PATH, Config, ConfigError, MockServer, load_config, with_overrides
+from .config import DEFAULT_CONFIG_PATH, Config, ConfigError, MockServer, is_loopback, load_config, with_overrides
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,7 +47,14 @@ def main(argv: list[str] | None = None) -> int:
 
     commands.add_parser("report", help="A/B report over request logs (see `gateway report --help`)")
 
+    hash_key = commands.add_parser("hash-key", help="make a gateway API key and the config lines holding its hash")
+    hash_key.add_argument("--name", default="client", help="the key's name in the config and the logs")
+    hash_key.add_argument("--stdin", action="store_true",
+                          help="hash a key read from standard input instead of making a new one")
+
     args = parser.parse_args(argv)
+    if args.command == "hash-key":
+        return _hash_key(args.name, sys.stdin.readline().strip() if args.stdin else None)
     if args.command == "mock-upstream":
         settings = MockServer(host=args.host, port=args.port, tokens=args.tokens,
                               first_token_delay_ms=args.first_token_delay_ms,
@@ -61,12 +68,39 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {problem}", file=sys.stderr)
         return 1
     if args.command == "check-config":
+        if refusal := config.open_problem():
+            print(f"configuration error:\n  {refusal}", file=sys.stderr)
+            return 1
         print(f"{config.source}: ok ({len(config.providers)} providers, {len(config.routes)} routes)")
         return 0
     if args.workers < 1:
         parser.error("--workers must be at least 1")
-    return _run(_serve(with_overrides(config, host=args.host, port=args.port), workers=args.workers,
-                       worker=args.worker))
+    config = with_overrides(config, host=args.host, port=args.port)
+    if refusal := config.open_problem():
+        print(f"configuration error:\n  {refusal}", file=sys.stderr)
+        return 1
+    if not config.auth.enabled and not args.worker:
+        where = "loopback only" if is_loopback(config.server.host) else "allow_open = true"
+        print(f"gateway runs open: no gateway keys are configured ({where}); anyone who can connect may use it",
+              file=sys.stderr, flush=True)
+    return _run(_serve(config, workers=args.workers, worker=args.worker))
+
+
+def _hash_key(name: str, key: str | None) -> int:
+    from .keys import hash_key, new_key
+
+    if key is not None and len(key) < 16:
+        print("a gateway key must be at least 16 characters (make one with `gateway hash-key`)", file=sys.stderr)
+        return 1
+    if key is None:
+        key = new_key()
+        print(f"# the key, for the client (shown once, stored nowhere): {key}")
+    print(f'[[auth.keys]]\nname = "{name}"\nhash = "{hash_key(key)}"\n'
+          '# routes = ["chat"]    # the public models it may use (default: all)\n'
+          "# rpm = 600            # requests per minute\n"
+          "# tpm = 200000         # tokens per minute\n"
+          "# max_concurrent = 20  # requests in flight")
+    return 0
 
 
 def _run(coro: Coroutine[Any, Any, int]) -> int:
@@ -123,7 +157,8 @@ async def _serve_one(config: Config, *, reuse_port: bool) -> None:
 
     # handler_cancellation: a client that goes away cancels its handler, which
     # closes the upstream request at once (see relay.py).
-    runner = web.AppRunner(build_app(config), handler_cancellation=True, access_log=None)
+    workers = int(os.environ.get("GATEWAY_WORKERS", "1"))  # set by the parent of --workers N
+    runner = web.AppRunner(build_app(config, workers=workers), handler_cancellation=True, access_log=None)
     await runner.setup()
     try:
         await web.TCPSite(runner, config.server.host, config.server.port, reuse_port=reuse_port).start()
@@ -145,7 +180,7 @@ async def _supervise(config: Config, workers: int) -> int:
     reserve.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     reserve.bind((config.server.host, config.server.port))  # bound, never listening: gets no connections
     port = reserve.getsockname()[1]
-    env = dict(os.environ)
+    env = dict(os.environ, GATEWAY_WORKERS=str(workers))
     metrics_dir = None
     if not env.get("PROMETHEUS_MULTIPROC_DIR"):
         metrics_dir = tempfile.mkdtemp(prefix="gateway-metrics-")

@@ -12,13 +12,16 @@ names an environment variable (`api_key_env`) and the key is read from there.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "config" / "gateway.toml"
 # An installed (non-editable) copy carries the default config inside the package.
@@ -127,6 +130,41 @@ class Log:
 
 
 @dataclass(frozen=True, slots=True)
+class GatewayKey:
+    """A client key of the gateway: stored only as a salted hash (`gateway hash-key`)."""
+
+    name: str  # what the log line and the metrics say; never the key
+    hash: str = field(repr=False)  # "sha256$<salt hex>$<digest hex>"
+    routes: tuple[str, ...] = ()  # the public models it may use; empty: all
+    rpm: int | None = None  # requests per minute
+    tpm: int | None = None  # tokens per minute (prompt + completion)
+    max_concurrent: int | None = None  # requests in flight at once
+
+
+@dataclass(frozen=True, slots=True)
+class Auth:
+    keys: tuple[GatewayKey, ...] = ()
+    allow_open: bool = False  # serve without keys on a non-loopback address (say so, in the file)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.keys)
+
+
+STORE_FAIL_MODES = ("open", "closed")
+
+
+@dataclass(frozen=True, slots=True)
+class Store:
+    """Shared state for limits: in-process (each worker its own share) or Redis (exact across all)."""
+
+    redis_url: str | None = field(default=None, repr=False)  # may hold a password
+    on_error: str = "open"  # Redis unreachable: "open" admits requests, "closed" refuses them (503)
+    timeout_ms: float = 250.0  # every Redis call; never a hang
+    prefix: str = "gateway"
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     source: str
     server: Server
@@ -135,6 +173,8 @@ class Config:
     routes: Mapping[str, Route]
     pricing: Mapping[str, Price]
     mock: MockServer | None = None
+    auth: Auth = Auth()
+    store: Store = Store()
 
     def public_models(self) -> list[str]:
         return list(self.routes)
@@ -144,7 +184,30 @@ class Config:
         return self.server.default_route or next(iter(self.routes))
 
     def secrets(self) -> list[str]:
-        return [p.api_key for p in self.providers.values() if p.api_key]
+        found = [p.api_key for p in self.providers.values() if p.api_key]
+        if self.store.redis_url:
+            found.append(self.store.redis_url)
+            password = urlsplit(self.store.redis_url).password
+            if password:
+                found.append(password)
+        return found
+
+    def open_problem(self) -> str | None:
+        """Why this config must not serve as it is: no gateway keys on a non-loopback address."""
+        if self.auth.enabled or self.auth.allow_open or is_loopback(self.server.host):
+            return None
+        return (f"{self.source}: auth: no gateway keys, and server.host {self.server.host!r} is not a loopback "
+                "address: anyone who can reach it would spend the providers' keys. Add [[auth.keys]] "
+                "(see `gateway hash-key`), or write `allow_open = true` under [auth] if that is what you want.")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 # --- reading -----------------------------------------------------------------
@@ -249,6 +312,8 @@ def parse_config(raw: dict[str, Any], source: str, environ: Mapping[str, str]) -
     providers = _providers(top.sub("providers"), environ)
     routes = _routes(top.sub("routes"), providers)
     pricing = _pricing(top.sub("pricing"))
+    auth = _auth(top.sub("auth"), routes)
+    store = _store(top.sub("store"))
     top.finish()
     if not routes and not problems:
         problems.append(f"{source}: routes: at least one route is required")
@@ -256,7 +321,7 @@ def parse_config(raw: dict[str, Any], source: str, environ: Mapping[str, str]) -
         problems.append(f"{source}: server.default_route: no route named {server.default_route!r}")
     if problems:
         raise ConfigError(problems)
-    return Config(source, server, log, providers, routes, pricing, mock)
+    return Config(source, server, log, providers, routes, pricing, mock, auth, store)
 
 
 def _server(r: _Reader) -> Server:
@@ -424,6 +489,48 @@ def _arms(rr: _Reader, providers: Mapping[str, Provider]) -> list[Arm]:
             rr.problem(f"arms[{i}].weight", f"{w:g} is finer than one basis point (0.01%)")
         result.append(Arm(n, p, m, round(bp)))
     return result
+
+
+KEY_HASH = re.compile(r"sha256\$[0-9a-f]{32}\$[0-9a-f]{64}")
+
+
+def _auth(r: _Reader, routes: Mapping[str, Route]) -> Auth:
+    keys: list[GatewayKey] = []
+    names: set[str] = set()
+    for i, item in enumerate(r.get("keys", list, [])):
+        kr = _Reader(r.problems, r.source, f"{r.path}.keys[{i}]", item)
+        name = kr.get("name", str, f"key{i}", required=True)
+        if name in names:
+            kr.problem("name", f"duplicate key name {name!r}")
+        names.add(name)
+        digest = kr.get("hash", str, "", required=True)
+        if digest and not KEY_HASH.fullmatch(digest):
+            kr.problem("hash", "expected sha256$<32 hex salt>$<64 hex digest>, as `gateway hash-key` prints it "
+                               "(never the key itself)")
+        allowed = kr.strings("routes")
+        for route in allowed:
+            if route not in routes:
+                kr.problem("routes", f"no route named {route!r}")
+        limits = {k: kr.integer(k, 0) if k in kr.table else None for k in ("rpm", "tpm", "max_concurrent")}
+        keys.append(GatewayKey(name, digest, allowed, **limits))
+        kr.finish()
+    auth = Auth(keys=tuple(keys), allow_open=r.get("allow_open", bool, False))
+    r.finish()
+    return auth
+
+
+def _store(r: _Reader) -> Store:
+    d = Store()
+    url = r.get("redis_url", str, None) or None
+    if url is not None and not url.startswith(("redis://", "rediss://", "unix://")):
+        r.problem("redis_url", "expected a redis://, rediss:// or unix:// URL")
+    on_error = r.get("on_error", str, d.on_error)
+    if on_error not in STORE_FAIL_MODES:
+        r.problem("on_error", f"expected one of {', '.join(STORE_FAIL_MODES)}, got {on_error!r}")
+    store = Store(redis_url=url, on_error=on_error, timeout_ms=r.number("timeout_ms", d.timeout_ms),
+                  prefix=r.get("prefix", str, d.prefix))
+    r.finish()
+    return store
 
 
 def _pricing(r: _Reader) -> dict[str, Price]:

@@ -9,6 +9,7 @@ answers with the sum over all of them (prometheus_client's multiprocess mode).
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -29,8 +30,12 @@ LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 3, 5, 8, 13, 20, 30, 45, 60, 90, 120, 1
 LABELS = ("route", "arm", "provider")
 
 
+UNKNOWN_ROUTE = "(unknown)"  # every model name no route has: a client never mints a label
+
+
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, routes: Iterable[str] = ()) -> None:
+        self._routes = frozenset(routes)
         self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
         # In multiprocess mode values live in files, not in a registry.
         self._registry = None if self.multiprocess else CollectorRegistry()
@@ -48,11 +53,18 @@ class Metrics:
         self.upstream_in_use = Gauge("gateway_upstream_connections_in_use",
                                      "Upstream connections held by requests, per provider pool", ("provider",),
                                      registry=r, multiprocess_mode="livesum")
+        self.ratelimited = Counter("gateway_ratelimited", "Requests refused by a key's limit", ("key", "limit"),
+                                   registry=r)
+        self.ratelimit_remaining = Gauge("gateway_ratelimit_remaining", "What a key had left at its last request",
+                                         ("key", "limit"), registry=r, multiprocess_mode="mostrecent")
         self.upstream_limit = Gauge("gateway_upstream_connections_limit", "Pool size per provider",
                                     ("provider",), registry=r, multiprocess_mode="max")
 
     def observe(self, record: RequestRecord) -> None:
-        labels = (record.route or "", record.arm or "", record.provider or "")
+        # Labels only from configured names: route, arm and provider are set from the config,
+        # except the route a client asked for, which is checked against it.
+        route = record.route if record.route in self._routes else UNKNOWN_ROUTE
+        labels = (route, record.arm or "", record.provider or "")
         self.requests.labels(*labels, record.outcome).inc()
         if record.ttft_ms is not None:
             self.ttft.labels(*labels).observe(record.ttft_ms / 1000)
@@ -64,6 +76,12 @@ class Metrics:
             self.tokens.labels(*labels, "completion").inc(record.completion_tokens)
         if record.cost_usd:
             self.cost.labels(*labels).inc(record.cost_usd)
+        if record.ratelimit is not None and record.key_name is not None:  # key names come from the config
+            for limit in ("concurrent", "rpm", "tpm"):
+                if limit in record.ratelimit:
+                    self.ratelimit_remaining.labels(record.key_name, limit).set(record.ratelimit[limit]["remaining"])
+            if record.ratelimit.get("hit"):
+                self.ratelimited.labels(record.key_name, record.ratelimit["hit"]).inc()
 
     def render(self) -> tuple[bytes, str]:
         registry = self._registry

@@ -60,6 +60,7 @@ class RecordFinished(RuntimeError):
 class RequestRecord:
     request_id: str
     endpoint: str
+    key_name: str | None = None
     route: str | None = None
     arm: str | None = None
     provider: str | None = None
@@ -86,6 +87,7 @@ class RequestRecord:
     usage_source: str = "none"
     cost_usd: float | None = None
     client_disconnected: bool = False
+    ratelimit: dict[str, Any] | None = None
     error_code: str | None = None
     error_message: str | None = None
     # Working state, not logged.
@@ -102,6 +104,13 @@ class RequestRecord:
         return _ms((time.monotonic() if now is None else now) - self.started)
 
     # --- what happens to a request, in order -------------------------------------
+
+    def authenticated(self, key_name: str | None) -> None:
+        self.key_name = key_name
+
+    def limited(self, counts: dict[str, Any] | None) -> None:
+        """The key's limits and what remained of them when the request was admitted (or refused)."""
+        self.ratelimit = counts
 
     def requested(self, model: str, stream: bool) -> None:
         self.route, self.stream = model, stream
@@ -230,6 +239,11 @@ class RequestLog:
         if not record.is_finished:
             raise RuntimeError("only a finished record is logged")
         self._log.info("request", **record.fields())
+
+    def event(self, name: str, **fields: Any) -> None:
+        """A line about the gateway rather than a request (`"event"` says which; docs/log-schema.md)."""
+        self._log.info(name, schema=SCHEMA_VERSION,
+                       ts=datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"), **fields)
 
     def close(self) -> None:
         self._writer.close()

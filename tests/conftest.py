@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -170,12 +172,12 @@ class Gateway(Process):
         """The one log line of a request; fails if there is none or more than one."""
         deadline = time.monotonic() + timeout
         while True:
-            lines = [line for line in self.log_lines() if line["request_id"] == request_id]
+            lines = [line for line in self.log_lines() if line.get("request_id") == request_id]
             if lines or time.monotonic() > deadline:
                 break
             time.sleep(0.02)
         time.sleep(0.05)  # a duplicate would land right behind the first
-        lines = [line for line in self.log_lines() if line["request_id"] == request_id]
+        lines = [line for line in self.log_lines() if line.get("request_id") == request_id]
         assert len(lines) == 1, f"expected one log line for {request_id}, got {lines}"
         return lines[0]
 
@@ -200,3 +202,62 @@ def gateway(mock_upstream: Process, tmp_path_factory: pytest.TempPathFactory) ->
 @pytest.fixture
 def request_id() -> str:
     return f"test-{uuid.uuid4().hex}"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def require_tool(name: str) -> str:
+    """The path of a system tool the test needs: missing fails under CI=true, skips elsewhere."""
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} is not installed (tests/bootstrap.sh installs it)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+@dataclass
+class Redis:
+    proc: subprocess.Popen[bytes]
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+
+
+def start_redis() -> Redis:
+    """A real redis-server on a free loopback port, no persistence; stopped by PID."""
+    binary = require_tool("redis-server")
+    port = free_port()
+    proc = subprocess.Popen([binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+                             "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2) as conn:
+                conn.sendall(b"PING\r\n")
+                if conn.recv(16).startswith(b"+PONG"):
+                    return Redis(proc, port)
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError("redis-server did not start")
+
+
+@pytest.fixture
+def redis_server() -> Iterator[Redis]:
+    server = start_redis()
+    yield server
+    server.stop()

@@ -112,6 +112,7 @@ async def call(gw: Gateway, body: dict | bytes, headers: dict[str, str] | None =
     async with aiohttp.ClientSession() as session:
         async with session.post(f"{gw.url}{path}", data=data,
                                 headers={"Authorization": f"Bearer {CLIENT_KEY}", "X-Request-Id": rid,
+                                         "Content-Type": "application/json",
                                          **(headers or {})}) as response:
             return response.status, await response.read(), gw.log_for(rid)
 
@@ -181,6 +182,7 @@ REFUSED = [
     ("unknown-arm", orjson.dumps(chat("oa")), {"X-Gateway-Arm-Override": "nobody"}, 400, "unknown_arm"),
     ("request-too-large", b'{"pad": "' + b"a" * 1_100_000 + b'"}', {}, 413, "request_too_large"),
     ("upstream-unreachable", orjson.dumps(chat("refused")), {}, 502, "upstream_unreachable"),
+    ("not-json-content-type", orjson.dumps(chat("oa")), {"Content-Type": "text/plain"}, 415, "unsupported_media_type"),
 ]
 
 
@@ -225,9 +227,11 @@ def test_the_schema_document_names_the_version_the_code_writes() -> None:
 
 
 def test_every_documented_error_code_is_covered_by_an_outcome_case_or_a_named_test() -> None:
-    # client_disconnected: tests/test_disconnect.py; internal_error: the gateway-bug test below.
-    covered = {case[6] for case in OUTCOMES} | {case[4] for case in REFUSED} | {"client_disconnected",
-                                                                               "internal_error"}
+    # client_disconnected: tests/test_disconnect.py; internal_error: the gateway-bug test below;
+    # keys and limits: tests/test_auth_limits.py.
+    elsewhere = {"client_disconnected", "internal_error", "missing_api_key", "invalid_api_key", "model_not_allowed",
+                 "rate_limit_exceeded", "limits_unavailable"}
+    covered = {case[6] for case in OUTCOMES} | {case[4] for case in REFUSED} | elsewhere
     assert set(documented_error_codes()) == covered - {None}
 
 
@@ -388,10 +392,10 @@ async def test_a_gateway_bug_is_a_generic_500_and_one_gateway_error_line(
 
     from .conftest import config_text
 
-    async def broken(request: object) -> dict:
+    async def broken(request: object, limit: int) -> dict:
         raise RuntimeError(f"boom with {PROVIDER_KEY} inside")
 
-    monkeypatch.setattr(gateway.app, "_read_json", broken)
+    monkeypatch.setattr(gateway.app, "read_json", broken)
     text = config_text(mock_upstream.url).replace('[providers.oa]', '[providers.oa]\napi_key_env = "OBS_TEST_KEY"')
     config = parse_config(tomllib.loads(text), "test", {"OBS_TEST_KEY": PROVIDER_KEY})
     log_path = tmp_path / "requests.log"
