@@ -16,7 +16,15 @@ from typing import Any
 
 from aiohttp import web
 
-from .config import DEFAULT_CONFIG_PATH, Config, ConfigError, MockServer, is_loopback, load_config, with_overrides
+from .config import (
+    DEFAULT_CONFIG_PATH,
+    Config,
+    ConfigError,
+    MockServer,
+    is_loopback,
+    load_config,
+    with_overrides,
+)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -46,6 +46,7 @@ class Timeouts:
     first_token_s: float = 30.0
     idle_s: float = 30.0
     total_s: float = 600.0
+    pool_s: float = 5.0  # the longest wait for a free connection of the provider's pool
 
 
 @dataclass(frozen=True, slots=True)
@@ -401,6 +402,7 @@ def _provider(name: str, r: _Reader, environ: Mapping[str, str]) -> Provider:
         first_token_s=t.number("first_token_s", dt.first_token_s),
         idle_s=t.number("idle_s", dt.idle_s),
         total_s=t.number("total_s", dt.total_s),
+        pool_s=t.number("pool_s", dt.pool_s),
     )
     retry = Retry(
         attempts=rt.integer("attempts", dr.attempts),

@@ -42,7 +42,7 @@ from .stream_core import (
     classify_status,
     opening_timeout,
 )
-from .upstreams import Lease, Upstreams
+from .upstreams import Lease, PoolExhausted, Upstreams, forwarded_headers
 
 T = TypeVar("T")
 MAX_ERROR_BODY = 64 * 1024
@@ -111,8 +111,7 @@ async def _with_retries(d: Dispatch, attempt: Callable[[Target, UpstreamRequest]
     for index, target in enumerate(d.plan.targets):
         provider = d.provider(target)
         request = dialect_for(provider.dialect).build_request(provider, target.model, d.chat, stream)
-        if provider.forward_headers:
-            request.headers.update({k: v for k, v in d.forward.items() if k.startswith(provider.forward_headers)})
+        request.headers.update(forwarded_headers(d.forward, provider.forward_headers))
         for n in range(provider.retry.attempts):
             if d.remaining() <= 0:
                 raise errors.timeout("total", d.plan.total_s)
@@ -135,28 +134,41 @@ async def _with_retries(d: Dispatch, attempt: Callable[[Target, UpstreamRequest]
 
 
 async def _post(d: Dispatch, target: Target, request: UpstreamRequest) -> Lease:
-    """Send the request and wait for the status line; a non-200 answer is a classified failure."""
+    """Take a pool slot, send the request and wait for the status line; a non-200 answer is a
+    classified failure."""
     provider = d.provider(target)
+    try:
+        slot = await d.upstreams.slot(target.provider, provider.timeouts.pool_s)
+    except PoolExhausted:
+        raise AttemptFailed(GatewayError(503, "pool_exhausted", f"All {provider.max_connections} connections to "
+                                         f"provider {target.provider} stayed busy for {provider.timeouts.pool_s:g}s",
+                                         outcome="unavailable", retry_after=1.0), retryable=True) from None
     timeout = aiohttp.ClientTimeout(total=None, connect=provider.timeouts.connect_s,
                                     sock_connect=provider.timeouts.connect_s)
     try:
         response = await d.upstreams.sessions[target.provider].post(
             request.url, data=request.body, headers=request.headers, timeout=timeout, allow_redirects=False)
     except aiohttp.ConnectionTimeoutError:
+        slot.release()
         raise AttemptFailed(errors.timeout("connect", provider.timeouts.connect_s), retryable=True) from None
     except aiohttp.ClientError as exc:
+        slot.release()
         raise AttemptFailed(GatewayError(502, "upstream_unreachable",
                                          f"Could not reach provider {target.provider}: {type(exc).__name__}"),
                             retryable=True) from None
+    except BaseException:
+        slot.release()
+        raise
     d.record.upstream_answered()
     if response.status == 200:
-        return d.upstreams.lease(target.provider, response)
+        return d.upstreams.lease(target.provider, response, slot)
     try:
         body = await response.content.read(MAX_ERROR_BODY)
     except aiohttp.ClientError:
         body = b""
     finally:
         response.release()
+        slot.release()
     raise classify_status(target.provider, response.status, body, response.headers.get("Retry-After"))
 
 
@@ -197,14 +209,24 @@ async def _read(lease: Lease, record: RequestRecord) -> bytes:
 
 
 async def open_unary(d: Dispatch) -> Completion:
+    loop = asyncio.get_running_loop()
+
     async def attempt(target: Target, request: UpstreamRequest) -> Completion:
+        timeouts = d.provider(target).timeouts
         lease: Lease | None = None
         try:
-            async with asyncio.timeout_at(d.deadline):
-                lease = await _post(d, target, request)
-                body = await lease.response.read()
-        except TimeoutError:
-            raise errors.timeout("total", d.plan.total_s) from None
+            # The status line within the first-token window, as a stream's first event: a provider
+            # that stalls is left for the next in time. The body then has the rest of the deadline.
+            try:
+                async with asyncio.timeout_at(min(loop.time() + timeouts.first_token_s, d.deadline)):
+                    lease = await _post(d, target, request)
+            except TimeoutError:
+                raise opening_timeout(loop.time(), d.deadline, d.plan.total_s, timeouts.first_token_s) from None
+            try:
+                async with asyncio.timeout_at(d.deadline):
+                    body = await lease.response.read()
+            except TimeoutError:
+                raise errors.timeout("total", d.plan.total_s) from None
         except aiohttp.ClientError as exc:
             raise AttemptFailed(GatewayError(502, "upstream_error", f"Provider {target.provider} broke the "
                                              f"response: {type(exc).__name__}"), retryable=True) from None

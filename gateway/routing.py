@@ -33,15 +33,20 @@ class UserKey:
     source: str  # user | header | api_key | random
 
 
+def _bytes(text: str) -> bytes:
+    # Header values arrive decoded with surrogateescape: any bytes a client sent hash as those bytes.
+    return text.encode("utf-8", "surrogateescape")
+
+
 def bucket(salt: str, user_key: str) -> int:
-    digest = hashlib.blake2b(f"{salt}\x00{user_key}".encode(), digest_size=8).digest()
+    digest = hashlib.blake2b(_bytes(f"{salt}\x00{user_key}"), digest_size=8).digest()
     return int.from_bytes(digest, "big") % BASIS_POINTS
 
 
 def user_key_hash(salt: str, user_key: str) -> str:
     """What the log records instead of the user id: stable per route, not reversible by lookup table
     without the salt."""
-    return hashlib.blake2b(f"log\x00{salt}\x00{user_key}".encode(), digest_size=8).hexdigest()
+    return hashlib.blake2b(_bytes(f"log\x00{salt}\x00{user_key}"), digest_size=8).hexdigest()
 
 
 def choose_arm(route: Route, user_bucket: int) -> Arm:

@@ -17,15 +17,39 @@ from prometheus_client import Gauge
 
 from .config import Provider
 
+# Never passed upstream, whatever a provider's forward_headers say: hop-by-hop headers (RFC 9110
+# 7.6.1) belong to one connection, and credentials or cookies belong to the client, not the provider.
+NEVER_FORWARDED = frozenset({
+    "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade",
+    "proxy-authorization", "proxy-authenticate", "host", "content-length", "content-type", "content-encoding",
+    "authorization", "x-api-key", "cookie", "set-cookie", "anthropic-version", "openai-organization",
+})
+
+
+def forwarded_headers(client: Mapping[str, str], prefixes: tuple[str, ...]) -> dict[str, str]:
+    """The client headers a provider is configured to receive (by lower-case prefix), minus the never-forwarded.
+
+        >>> forwarded_headers({"x-mock-tokens": "3", "connection": "close", "x-other": "1"}, ("x-mock-", "conn"))
+        {'x-mock-tokens': '3'}
+    """
+    if not prefixes:
+        return {}
+    return {k: v for k, v in client.items() if k.startswith(prefixes) and k not in NEVER_FORWARDED}
+
+
+class PoolExhausted(Exception):
+    """Every connection of a provider's pool stayed in use for the whole bounded wait."""
+
 
 class Lease:
-    """One upstream response held by one request."""
+    """One upstream response held by one request, with its slot in the provider's pool."""
 
-    __slots__ = ("response", "_gauge", "_ended")
+    __slots__ = ("response", "_gauge", "_slot", "_ended")
 
-    def __init__(self, response: aiohttp.ClientResponse, gauge: Gauge) -> None:
+    def __init__(self, response: aiohttp.ClientResponse, gauge: Gauge, slot: asyncio.Semaphore) -> None:
         self.response = response
         self._gauge = gauge
+        self._slot = slot
         self._ended = False
         gauge.inc()
 
@@ -37,6 +61,7 @@ class Lease:
         self._ended = True
         self.response.close() if close else self.response.release()
         self._gauge.dec()
+        self._slot.release()
 
 
 class Upstreams:
@@ -45,6 +70,9 @@ class Upstreams:
         self._in_use = in_use
         self._limit = limit
         self.sessions: dict[str, aiohttp.ClientSession] = {}
+        # Our own count of the pool, so a full pool is told apart from a slow connect: aiohttp's
+        # connect timeout covers both the wait for a free connection and the TCP connect.
+        self._slots = {name: asyncio.Semaphore(p.max_connections) for name, p in providers.items()}
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[Upstreams]:
@@ -61,5 +89,16 @@ class Upstreams:
     def ready(self) -> bool:
         return len(self.sessions) == len(self.providers) and not any(s.closed for s in self.sessions.values())
 
-    def lease(self, provider: str, response: aiohttp.ClientResponse) -> Lease:
-        return Lease(response, self._in_use.labels(provider))
+    async def slot(self, provider: str, wait_s: float) -> asyncio.Semaphore:
+        """A slot in the provider's pool, waited for at most `wait_s`; give it back with `.release()`
+        (or hand it to a `Lease`)."""
+        slot = self._slots[provider]
+        try:
+            async with asyncio.timeout(wait_s):
+                await slot.acquire()
+        except TimeoutError:
+            raise PoolExhausted(provider) from None
+        return slot
+
+    def lease(self, provider: str, response: aiohttp.ClientResponse, slot: asyncio.Semaphore) -> Lease:
+        return Lease(response, self._in_use.labels(provider), slot)

@@ -103,7 +103,8 @@ def message_text(content: Any) -> str:
         return ""
     if isinstance(content, str):
         return content
-    return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+    return "".join(p["text"] for p in content if isinstance(p, dict) and p.get("type") == "text"
+                   and isinstance(p.get("text"), str))
 
 
 def dialect_for(name: str) -> Dialect:

@@ -81,7 +81,17 @@ from .stats import (  # noqa: F401
     two_proportion_z_test,
     wilson_interval,
 )
-from .summary import DEFINITIONS, ArmStats, Comparison, CostTest, PropTest, Report, ShiftTest, pick_control, summarize  # noqa: F401
+from .summary import (  # noqa: F401
+    DEFINITIONS,
+    ArmStats,
+    Comparison,
+    CostTest,
+    PropTest,
+    Report,
+    ShiftTest,
+    pick_control,
+    summarize,
+)
 
 __all__ = [
     "ArmData",
