@@ -8,6 +8,7 @@ answers with the sum over all of them (prometheus_client's multiprocess mode).
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Iterable
 
@@ -17,6 +18,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    ProcessCollector,
     generate_latest,
     multiprocess,
 )
@@ -60,6 +62,12 @@ class Metrics:
         self.upstream_limit = Gauge("gateway_upstream_connections_limit", "Pool size per provider",
                                     ("provider",), registry=r, multiprocess_mode="max")
 
+        if r is not None:
+            # One process: its own fds and memory, and the event loop's task count, for leak checks.
+            ProcessCollector(registry=r)
+            tasks = Gauge("gateway_event_loop_tasks", "asyncio tasks alive in this process", registry=r)
+            tasks.set_function(_task_count)
+
     def observe(self, record: RequestRecord) -> None:
         # Labels only from configured names: route, arm and provider are set from the config,
         # except the route a client asked for, which is checked against it.
@@ -89,3 +97,10 @@ class Metrics:
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)
         return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+def _task_count() -> float:
+    try:
+        return float(len(asyncio.all_tasks()))
+    except RuntimeError:  # scraped outside the loop
+        return 0.0

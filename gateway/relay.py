@@ -277,7 +277,7 @@ async def relay_stream(d: Dispatch, request: web.Request, opened: OpenStream,
                                              latency_ms=record.since_start_ms())
         await _send(response, record, Batch(ending, events=1 if ending else 0), 0.0)
         await response.write_eof()
-    except ClientDisconnected:
+    except (ClientDisconnected, ConnectionResetError):  # write_eof finds a vanished client this way
         record.disconnected()
     return response
 
