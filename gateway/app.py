@@ -20,6 +20,7 @@ import aiohttp_cors
 import orjson
 from aiohttp import web
 
+from . import forwarded
 from .config import Config
 from .errors import GatewayError, Scrubber, invalid_request
 from .metrics import Metrics
@@ -51,6 +52,7 @@ ARM_OVERRIDE_HEADER = "X-Gateway-Arm-Override"
 
 def build_app(config: Config, *, log: RequestLog | None = None) -> web.Application:
     app = web.Application(client_max_size=config.server.max_body_bytes, middlewares=[error_middleware])
+    app.middlewares.append(forwarded.middleware(config.server.trusted_proxies))
     app[CONFIG] = config
     app[SCRUB] = Scrubber(config.secrets())
     app[DRAINING] = [False]
