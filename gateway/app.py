@@ -20,7 +20,7 @@ import aiohttp_cors
 import orjson
 from aiohttp import web
 
-from . import forwarded
+from . import forwarded, static_site
 from .config import Config
 from .errors import GatewayError, Scrubber, invalid_request
 from .metrics import Metrics
@@ -68,6 +68,7 @@ def build_app(config: Config, *, log: RequestLog | None = None) -> web.Applicati
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
+    static_site.add_routes(app)
     _setup_cors(app, config)
     return app
 
