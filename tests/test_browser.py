@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
@@ -150,6 +152,7 @@ def test_ten_streams_from_one_page_all_start_within_a_second_over_http2(page: An
 
 CROSS_ORIGIN_PAGE = """<!doctype html>
 <meta charset="utf-8">
+<link rel="icon" href="data:,">
 <script type="module">
   import { streamChat } from "./stream.js";
   window.result = streamChat({ url: "%(gateway)s/v1/stream/chat", body: { prompt: "hi" },
@@ -232,3 +235,89 @@ def test_a_fast_stream_costs_at_most_one_dom_update_per_frame(page: Any, edge_ga
     assert probe["maxTextUpdatesPerFrame"] == 1
     assert probe["textUpdates"] < 2000 / 4  # batched: many tokens per update
     assert probe["longTasks"] == []
+
+
+HOOK_PAGE = """<!doctype html>
+<meta charset="utf-8">
+<link rel="icon" href="data:,">
+<div id="root"></div>
+<script type="module" src="/hook.js"></script>
+"""
+
+
+@pytest.fixture(scope="module")
+def hook_page(sites: tuple[StaticSite, StaticSite], edge_gateway: Gateway) -> Iterator[Any]:
+    """A URL maker for the React hook's test page: real React from npm, bundled by esbuild,
+    served from the allowed origin."""
+    node = require("node")
+    allowed = sites[0]
+    subprocess.run([node, str(ROOT / "tests" / "browser" / "build.mjs"), str(ROOT / "tests" / "browser" /
+                    "hook-page.js"), str(allowed.root / "hook.js")], check=True, capture_output=True, timeout=120)
+    (allowed.root / "hook.html").write_text(HOOK_PAGE)
+
+    def url(**headers: str) -> str:
+        query = urllib.parse.urlencode({"gateway": edge_gateway.url, "headers": json.dumps(headers)})
+        return f"{allowed.url}/hook.html?{query}"
+
+    yield url
+
+
+@pytest.fixture
+def console_errors(page: Any) -> Iterator[list[str]]:
+    """React's development warnings (and any other console error) on the page."""
+    errors: list[str] = []
+    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+    yield errors
+    assert errors == [], errors
+
+
+def test_the_react_hook_streams(page: Any, hook_page: Any, console_errors: list[str]) -> None:
+    page.goto(hook_page(**{"X-Mock-Tokens": "20"}))
+    page.click("#send")
+    page.wait_for_function("() => Number(document.getElementById('tokens').textContent) >= 3")
+    partial = len(page.text_content("#answer") or "")
+    page.wait_for_function("() => document.getElementById('status').textContent === 'done'")
+    assert 0 < partial < len(page.text_content("#answer") or "")
+    assert page.text_content("#tokens") == "20"
+    assert page.text_content("#arm") == "paced-arm"
+
+
+def test_the_react_hook_stops(page: Any, hook_page: Any, console_errors: list[str], paced_mock: Process) -> None:
+    page.goto(hook_page(**{"X-Mock-Tokens": "200"}))
+    before = len(all_mock_records(paced_mock))
+    page.click("#send")
+    page.wait_for_function("() => Number(document.getElementById('tokens').textContent) >= 3")
+    page.click("#stop")
+    stopped_at = time.time()
+    page.wait_for_function("() => document.getElementById('status').textContent === 'stopped'")
+    wait_until(lambda: (r := all_mock_records(paced_mock)[before:]) != [] and r[0]["ended"] is not None)
+    [record] = all_mock_records(paced_mock)[before:]
+    assert record["outcome"] == "client_closed" and record["ended"] - stopped_at < 1.0
+
+
+def test_the_react_hook_unmounts_cleanly_mid_stream(page: Any, hook_page: Any, console_errors: list[str],
+                                                    paced_mock: Process) -> None:
+    page.goto(hook_page(**{"X-Mock-Tokens": "200"}))
+    before = len(all_mock_records(paced_mock))
+    page.click("#send")
+    page.wait_for_function("() => Number(document.getElementById('tokens').textContent) >= 3")
+    page.click("#unmount")
+    unmounted_at = time.time()
+    page.wait_for_selector("#gone")
+    wait_until(lambda: (r := all_mock_records(paced_mock)[before:]) != [] and r[0]["ended"] is not None)
+    [record] = all_mock_records(paced_mock)[before:]
+    assert record["outcome"] == "client_closed" and record["ended"] - unmounted_at < 1.0
+    time.sleep(0.3)  # several frames and would-be tokens later
+    assert page.evaluate("() => window.updatesAfterUnmount || 0") == 0
+
+
+def test_the_react_hook_renders_a_fast_stream_at_most_once_per_frame(page: Any, hook_page: Any,
+                                                                     console_errors: list[str]) -> None:
+    page.goto(hook_page() + "&model=fast")
+    page.evaluate(PROBE.replace('["answer", "stats"]', '["answer"]'))
+    page.click("#send")
+    page.wait_for_function("() => document.getElementById('status').textContent === 'done'", timeout=30_000)
+    probe = page.evaluate(PROBE_RESULT)
+    assert page.text_content("#tokens") == "2000"
+    assert probe["maxCallbacksPerFrame"] == 1
+    assert probe["textUpdates"] < 2000 / 4

@@ -36,7 +36,7 @@ def test_the_demo_page_may_talk_to_its_own_origin_only(gateway: Gateway) -> None
     assert "default-src 'self'" in headers["Content-Security-Policy"]
 
 
-@pytest.mark.parametrize("name", ["stream.js", "demo.js"])
+@pytest.mark.parametrize("name", ["stream.js", "demo.js", "useChatStream.js"])
 def test_modules_are_served_as_javascript(gateway: Gateway, name: str) -> None:
     status, headers, _ = get(f"{gateway.url}/static/{name}")
     assert status == 200
