@@ -3,6 +3,7 @@
 //
 //   const chat = useChatStream({ url: "/v1/stream/chat" });
 //   chat.send({ prompt })   starts a stream (stopping any running one); resolves with stream.js's result
+//                           (the state shows the end from the next animation frame)
 //   chat.stop()             aborts the fetch: the gateway closes the upstream at once
 //   chat.text, chat.status ("idle" | "streaming" | "done" | "stopped" | "error"),
 //   chat.stats ({ttftMs, tokens, tokensPerSecond, elapsedMs}), chat.arm, chat.requestId, chat.error
@@ -49,11 +50,18 @@ export function useChatStream({ url = "/v1/stream/chat", headers } = {}) {
       let text = "";
       let stats = null;
       let meta = {};
+      let final = null; // the end state, drawn in a frame like every other update
       // Only the stream still current, in a mounted component, may update state.
       const live = () => mounted.current && current.current === run;
       const batcher = frameBatcher((tokens) => {
         text += tokens;
-        if (live()) setState((s) => ({ ...s, ...meta, text, stats: stats && { ...stats } }));
+        if (!live()) return;
+        if (final) {
+          current.current = null;
+          setState(final);
+        } else {
+          setState((s) => ({ ...s, ...meta, text, stats: stats && { ...stats } }));
+        }
       });
       const run = { controller, batcher };
       current.current = run;
@@ -74,16 +82,15 @@ export function useChatStream({ url = "/v1/stream/chat", headers } = {}) {
         },
       });
       if (!live()) return result; // stopped by unmount or replaced by a newer send
-      current.current = null;
-      batcher.cancel(); // the final state below includes whatever was queued
-      setState({
+      final = {
         text: result.text,
         status: result.aborted ? "stopped" : result.ok ? "done" : "error",
         stats: { ...result.stats },
         arm: result.arm,
         requestId: result.requestId,
         error: result.error,
-      });
+      };
+      batcher.request();
       return result;
     },
     [url, headers],
