@@ -96,9 +96,11 @@ def test_a_screenshot_of_the_demo_mid_stream_is_saved(page: Any, edge_gateway: G
     assert path.stat().st_size > 10_000
 
 
-def test_stop_ends_the_stream_and_the_provider_sees_the_close(page: Any, edge_gateway: Gateway,
-                                                             paced_mock: Process) -> None:
-    page.goto(edge_gateway.url + "/")
+@pytest.mark.parametrize("via", ["direct", "nginx over HTTP/2"])
+def test_stop_ends_the_stream_and_the_provider_sees_the_close(page: Any, edge_gateway: Gateway, nginx: Nginx,
+                                                             paced_mock: Process, via: str) -> None:
+    # Over HTTP/2 an abort resets one stream (RST_STREAM), not the connection: nginx must still close the upstream.
+    page.goto((edge_gateway.url if via == "direct" else nginx.https_url) + "/")
     before = len(all_mock_records(paced_mock))
     page.click("#send")
     page.wait_for_function("() => Number(document.getElementById('tokens').textContent) >= 5")
