@@ -18,6 +18,7 @@ import aiohttp_cors
 import orjson
 from aiohttp import web
 
+from . import forwarded, static_site
 from .config import Config
 from .endpoints import ENDPOINTS, Endpoint
 from .errors import GatewayError, Scrubber
@@ -46,6 +47,7 @@ def build_app(config: Config, *, log: RequestLog | None = None, workers: int = 1
     """The gateway as an aiohttp app; `workers` is how many processes share the limits when they are
     kept in-process (each enforces its share)."""
     app = web.Application(client_max_size=config.server.max_body_bytes, middlewares=[error_middleware])
+    app.middlewares.append(forwarded.middleware(config.server.trusted_proxies))
     app[CONFIG] = config
     app[SCRUB] = Scrubber(config.secrets())
     app[DRAINING] = [False]
@@ -67,6 +69,7 @@ def build_app(config: Config, *, log: RequestLog | None = None, workers: int = 1
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
+    static_site.add_routes(app)
     _setup_cors(app, config)
     return app
 

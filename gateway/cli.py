@@ -173,9 +173,17 @@ async def _serve_one(config: Config, *, reuse_port: bool) -> None:
         host, port = runner.addresses[0][:2]
         role = f"worker {os.getpid()}" if reuse_port else "gateway"
         print(f"{role} listening on http://{host}:{port}", file=sys.stderr, flush=True)
+        if not reuse_port:
+            _print_demo_url(host, port)
         await _wait_for_signal()
     finally:
         await runner.cleanup()
+
+
+def _print_demo_url(host: str, port: int) -> None:
+    # What a new user opens first; a wildcard bind is reached through loopback.
+    shown = {"0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(host, f"[{host}]" if ":" in host else host)
+    print(f"open http://{shown}:{port}/ in a browser for the streaming demo", file=sys.stderr, flush=True)
 
 
 async def _supervise(config: Config, workers: int) -> int:
@@ -213,6 +221,7 @@ async def _supervise(config: Config, workers: int) -> int:
             asyncio.create_task(_forward(proc))
         print(f"gateway listening on http://{config.server.host}:{port} ({workers} workers)",
               file=sys.stderr, flush=True)
+        _print_demo_url(config.server.host, port)
         await _wait_for_signal()
     finally:
         for proc in procs:

@@ -122,7 +122,11 @@ class Server:
     heartbeat_s: float = 15.0
     default_route: str | None = None  # for /v1/stream/chat requests without a model
     allow_arm_override: bool = False  # honour X-Gateway-Arm-Override (testing only)
-    cors_origins: tuple[str, ...] = ("*",)
+    # Browser origins allowed to call the API from another site. Empty: same
+    # origin only (the demo page at / needs no CORS); "*" only when configured.
+    cors_origins: tuple[str, ...] = ()
+    # Proxies (addresses or CIDRs) whose X-Forwarded-For is believed; empty: nobody's.
+    trusted_proxies: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -337,10 +341,35 @@ def _server(r: _Reader) -> Server:
         heartbeat_s=r.number("heartbeat_s", d.heartbeat_s),
         default_route=r.get("default_route", str, None),
         allow_arm_override=r.get("allow_arm_override", bool, False),
-        cors_origins=r.strings("cors_origins", d.cors_origins),
+        cors_origins=_origins(r, "cors_origins", d.cors_origins),
+        trusted_proxies=_networks(r, "trusted_proxies", d.trusted_proxies),
     )
     r.finish()
     return s
+
+
+# What a browser sends as Origin: scheme, host, optional port; nothing else.
+_ORIGIN = re.compile(r"https?://[^/?#\s]+")
+
+
+def _origins(r: _Reader, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    origins = r.strings(key, default)
+    for origin in origins:
+        # A path or trailing slash would never equal an Origin header: the page would be refused in silence.
+        if origin != "*" and not _ORIGIN.fullmatch(origin):
+            r.problem(key, f"expected \"*\" or origins like \"https://app.example.com\" (scheme://host[:port], "
+                           f"no path), got {origin!r}")
+    return origins
+
+
+def _networks(r: _Reader, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    networks = r.strings(key, default)
+    for network in networks:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            r.problem(key, f"expected IP addresses or CIDR networks, got {network!r}")
+    return networks
 
 
 def _log(r: _Reader) -> Log:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -22,6 +21,9 @@ from typing import Any
 
 import orjson
 import pytest
+
+from .edge import Nginx, StaticSite, start_nginx, start_static_site
+from .tools import require
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -210,17 +212,6 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def require_tool(name: str) -> str:
-    """The path of a system tool the test needs: missing fails under CI=true, skips elsewhere."""
-    path = shutil.which(name)
-    if path is None:
-        message = f"{name} is not installed (tests/bootstrap.sh installs it)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
-
-
 @dataclass
 class Redis:
     proc: subprocess.Popen[bytes]
@@ -238,7 +229,7 @@ class Redis:
 
 def start_redis() -> Redis:
     """A real redis-server on a free loopback port, no persistence; stopped by PID."""
-    binary = require_tool("redis-server")
+    binary = require("redis-server")
     port = free_port()
     proc = subprocess.Popen([binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "",
                              "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning"],
@@ -259,5 +250,85 @@ def start_redis() -> Redis:
 @pytest.fixture
 def redis_server() -> Iterator[Redis]:
     server = start_redis()
+    yield server
+    server.stop()
+
+
+# --- the browser path: nginx, pages on other origins, mocks paced for eyes (tests/edge.py) ---
+
+@pytest.fixture(scope="session")
+def paced_mock(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
+    """40 tokens, 50 ms apart: a stream slow enough to watch, sample and stop."""
+    process = start_process(["mock-upstream", "--host", "127.0.0.1", "--port", "0", "--tokens", "40",
+                             "--first-token-delay-ms", "50", "--inter-token-delay-ms", "50"],
+                            tmp_path_factory.mktemp("paced-mock"), "mock", b"mock provider")
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="session")
+def fast_mock(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
+    """2,000 tokens, 1 ms apart: faster than any screen refreshes."""
+    process = start_process(["mock-upstream", "--host", "127.0.0.1", "--port", "0", "--tokens", "2000",
+                             "--first-token-delay-ms", "0", "--inter-token-delay-ms", "1"],
+                            tmp_path_factory.mktemp("fast-mock"), "mock", b"mock provider")
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="session")
+def sites(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[StaticSite, StaticSite]]:
+    """Two plain web servers: pages on the first origin may call the edge gateway, on the second not."""
+    tmp = tmp_path_factory.mktemp("sites")
+    allowed = start_static_site(tmp / "allowed", tmp / "allowed.log")
+    try:
+        other = start_static_site(tmp / "other", tmp / "other.log")
+    except BaseException:
+        allowed.stop()
+        raise
+    yield allowed, other
+    other.stop()
+    allowed.stop()
+
+
+@pytest.fixture(scope="session")
+def edge_gateway(paced_mock: Process, fast_mock: Process, sites: tuple[StaticSite, StaticSite],
+                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """The gateway the browser and nginx tests use: routes `paced` (the default) and `fast`,
+    a 0.5 s heartbeat, nginx on loopback trusted, CORS for the first of `sites` only."""
+    text = textwrap.dedent(f"""
+        [server]
+        host = "127.0.0.1"
+        port = 0
+        heartbeat_s = 0.5
+        default_route = "paced"
+        cors_origins = ["{sites[0].url}"]
+        trusted_proxies = ["127.0.0.1"]
+
+        [providers.paced]
+        dialect = "openai"
+        base_url = "{paced_mock.url}/v1"
+        forward_headers = ["x-mock-"]
+
+        [providers.fast]
+        dialect = "openai"
+        base_url = "{fast_mock.url}/v1"
+        forward_headers = ["x-mock-"]
+
+        [routes.paced]
+        arms = [{{ name = "paced-arm", provider = "paced", model = "mock-paced", weight = 100 }}]
+
+        [routes.fast]
+        arms = [{{ name = "fast-arm", provider = "fast", model = "mock-fast", weight = 100 }}]
+        """)
+    gw = start_gateway(tmp_path_factory.mktemp("edge-gateway"), text)
+    yield gw
+    gw.stop()
+
+
+@pytest.fixture(scope="session")
+def nginx(edge_gateway: Gateway, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nginx]:
+    """nginx from nginx/templates/gateway.conf.template in front of the edge gateway: HTTP and TLS + HTTP/2."""
+    server = start_nginx(tmp_path_factory.mktemp("nginx"), f"127.0.0.1:{edge_gateway.port}")
     yield server
     server.stop()

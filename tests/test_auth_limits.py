@@ -18,7 +18,15 @@ import pytest
 from gateway import keys
 from gateway.config import GatewayKey
 
-from .conftest import ROOT, Gateway, Process, Redis, config_text, start_gateway, start_redis
+from .conftest import (
+    ROOT,
+    Gateway,
+    Process,
+    Redis,
+    config_text,
+    start_gateway,
+    start_redis,
+)
 
 PROVIDER_KEY = "sk-provider-for-auth-tests-J8v2Lq"
 WEB_KEY = "gk-web-client-key-0123456789abcdef"

@@ -124,3 +124,35 @@ def test_check_config_reports_a_missing_file(tmp_path: Path) -> None:
     result = check_config(str(tmp_path / "nope.toml"))
     assert result.returncode == 1
     assert "file not found" in result.stderr
+
+
+def test_cors_default_is_same_origin_only() -> None:
+    assert load_config(DEFAULT_CONFIG_PATH, {}).server.cors_origins == ()
+
+
+def test_cors_origin_with_a_path_is_reported(tmp_path: Path) -> None:
+    # "https://app.example.com/" never equals a browser's Origin header: refused in silence otherwise.
+    [problem] = problems(tmp_path, '[server]\ncors_origins = ["https://app.example.com/"]\n' + PROVIDER + ROUTE)
+    assert "server.cors_origins: expected \"*\" or origins like" in problem
+    assert "'https://app.example.com/'" in problem
+
+
+def test_cors_origins_accept_star_and_origins_with_ports(tmp_path: Path) -> None:
+    path = tmp_path / "ok.toml"
+    path.write_text('[server]\ncors_origins = ["*", "http://127.0.0.1:5173"]\n' + PROVIDER + ROUTE)
+    assert load_config(path, {}).server.cors_origins == ("*", "http://127.0.0.1:5173")
+
+
+def test_trusted_proxies_default_to_nobody() -> None:
+    assert load_config(DEFAULT_CONFIG_PATH, {}).server.trusted_proxies == ()
+
+
+def test_trusted_proxies_take_addresses_and_networks(tmp_path: Path) -> None:
+    path = tmp_path / "ok.toml"
+    path.write_text('[server]\ntrusted_proxies = ["127.0.0.1", "10.0.0.0/8", "::1"]\n' + PROVIDER + ROUTE)
+    assert load_config(path, {}).server.trusted_proxies == ("127.0.0.1", "10.0.0.0/8", "::1")
+
+
+def test_a_trusted_proxy_that_is_not_an_address_is_reported(tmp_path: Path) -> None:
+    [problem] = problems(tmp_path, '[server]\ntrusted_proxies = ["nginx.internal"]\n' + PROVIDER + ROUTE)
+    assert "server.trusted_proxies: expected IP addresses or CIDR networks, got 'nginx.internal'" in problem
