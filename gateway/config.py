@@ -108,6 +108,7 @@ class MockServer:
     first_token_delay_ms: float = 50.0
     inter_token_delay_ms: float = 20.0
     profiles: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    record_requests: bool = False  # serve /_mock/requests (holds prompts, never keys): for tests only
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,6 +304,7 @@ def _mock(r: _Reader) -> MockServer:
         first_token_delay_ms=r.number("first_token_delay_ms", d.first_token_delay_ms, positive=False),
         inter_token_delay_ms=r.number("inter_token_delay_ms", d.inter_token_delay_ms, positive=False),
         profiles=profiles,
+        record_requests=r.get("record_requests", bool, d.record_requests),
     )
     r.finish()
     return m

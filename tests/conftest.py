@@ -71,11 +71,12 @@ def start_process(args: list[str], tmp: Path, name: str, ready: bytes,
 
 @pytest.fixture(scope="session")
 def mock_upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
-    """The built-in mock provider, fast by default; tests slow it down per request by header."""
+    """The built-in mock provider, fast by default; tests slow it down per request by header.
+    It records what it sees (`--record`), for `Process.mock_records`."""
     tmp = tmp_path_factory.mktemp("mock")
     process = start_process(["mock-upstream", "--host", "127.0.0.1", "--port", "0", "--tokens", "12",
-                             "--first-token-delay-ms", "5", "--inter-token-delay-ms", "2"], tmp, "mock",
-                            b"mock provider")
+                             "--first-token-delay-ms", "5", "--inter-token-delay-ms", "2", "--record"], tmp,
+                            "mock", b"mock provider")
     yield process
     process.stop()
 

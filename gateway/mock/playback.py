@@ -64,24 +64,26 @@ class _Out:
     """Writes stream bytes, optionally in K-byte pieces so events (and UTF-8
     characters) arrive split across TCP segments."""
 
-    __slots__ = ("_resp", "_chunk")
+    __slots__ = ("_resp", "_chunk", "_record")
 
-    def __init__(self, resp: web.StreamResponse, chunk_bytes: int) -> None:
+    def __init__(self, resp: web.StreamResponse, chunk_bytes: int, record: dict[str, Any]) -> None:
         self._resp = resp
         self._chunk = chunk_bytes
+        self._record = record
 
     async def send(self, data: bytes) -> None:
         try:
             if not self._chunk:
                 await self._resp.write(data)
-                return
-            for start in range(0, len(data), self._chunk):
-                await self._resp.write(data[start : start + self._chunk])
-                # Yield so each piece leaves in its own send() instead of the
-                # loop coalescing them (TCP_NODELAY is on for aiohttp sockets).
-                await asyncio.sleep(0)
+            else:
+                for start in range(0, len(data), self._chunk):
+                    await self._resp.write(data[start : start + self._chunk])
+                    # Yield so each piece leaves in its own send() instead of the
+                    # loop coalescing them (TCP_NODELAY is on for aiohttp sockets).
+                    await asyncio.sleep(0)
         except ConnectionError as exc:
             raise Stop("client_closed") from exc
+        self._record["bytes_sent"] += len(data)
 
 
 async def _flush(request: web.Request) -> None:
@@ -105,7 +107,7 @@ async def stream_job(
     await resp.prepare(request)  # a StreamResponse sends its headers right away
     record["status"] = 200
     try:
-        await _emit(request, _Out(resp, chunk_bytes), dialect, job, fault, delays, record)
+        await _emit(request, _Out(resp, chunk_bytes, record), dialect, job, fault, delays, record)
     except Stop as stop:
         record["outcome"] = stop.outcome
     # aiohttp ends the chunked body after the handler: cleanly for a finished
