@@ -40,7 +40,9 @@ from .stream_core import (
     UpstreamStream,
     backoff_delay,
     classify_status,
+    not_an_event_stream,
     opening_timeout,
+    unreachable,
 )
 from .upstreams import Lease, Upstreams
 
@@ -68,6 +70,7 @@ class Dispatch:
     deadline: float  # the loop's clock: one deadline from arrival, so retries never stack past it
     heartbeat_s: float
     forward: Mapping[str, str]  # the client's headers, lower-case, for providers that pass some on
+    max_event_bytes: int  # an upstream SSE event past this ends the attempt, or the stream
 
     def provider(self, target: Target) -> Provider:
         return self.upstreams.providers[target.provider]
@@ -145,9 +148,7 @@ async def _post(d: Dispatch, target: Target, request: UpstreamRequest) -> Lease:
     except aiohttp.ConnectionTimeoutError:
         raise AttemptFailed(errors.timeout("connect", provider.timeouts.connect_s), retryable=True) from None
     except aiohttp.ClientError as exc:
-        raise AttemptFailed(GatewayError(502, "upstream_unreachable",
-                                         f"Could not reach provider {target.provider}: {type(exc).__name__}"),
-                            retryable=True) from None
+        raise unreachable(target.provider, exc) from None
     d.record.upstream_answered()
     if response.status == 200:
         return d.upstreams.lease(target.provider, response)
@@ -170,10 +171,13 @@ async def open_stream(d: Dispatch, renderer: Renderer) -> OpenStream:
             try:
                 async with asyncio.timeout_at(min(loop.time() + timeouts.first_token_s, d.deadline)):
                     lease = await _post(d, target, request)
+                    if refused := not_an_event_stream(target.provider, lease.response.headers.get("Content-Type")):
+                        raise refused
                     stream = UpstreamStream(
                         target.provider, dialect_for(d.provider(target).dialect).stream_translator(target.model),
                         renderer, Deadlines(loop.time(), idle_s=timeouts.idle_s, heartbeat_s=d.heartbeat_s,
-                                            total_at=d.deadline, total_s=d.plan.total_s))
+                                            total_at=d.deadline, total_s=d.plan.total_s),
+                        max_event_bytes=d.max_event_bytes)
                     while not stream.feed_opening(await _read(lease, d.record)):
                         pass
                     return OpenStream(lease, stream)

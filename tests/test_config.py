@@ -36,6 +36,15 @@ def test_the_default_configs_mock_records_nothing() -> None:
     assert config.mock is not None and config.mock.record_requests is False
 
 
+def test_server_max_event_bytes_defaults_to_16_mib_and_is_read_with_a_floor(tmp_path: Path) -> None:
+    assert load_config(DEFAULT_CONFIG_PATH, {}).server.max_event_bytes == 16 * 1024 * 1024
+    path = tmp_path / "events.toml"
+    path.write_text("[server]\nmax_event_bytes = 1048576\n" + PROVIDER + ROUTE)
+    assert load_config(path, {}).server.max_event_bytes == 1048576
+    [problem] = problems(tmp_path, "[server]\nmax_event_bytes = 100\n" + PROVIDER + ROUTE)
+    assert problem.endswith("server.max_event_bytes: expected an integer >= 1024, got 100")
+
+
 def test_mock_record_requests_is_read_as_a_boolean(tmp_path: Path) -> None:
     path = tmp_path / "mock.toml"
     path.write_text(PROVIDER + ROUTE + "[mock]\nrecord_requests = true\n")
