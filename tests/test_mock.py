@@ -373,6 +373,64 @@ async def test_stall_after_sends_tokens_then_nothing(client: Client) -> None:
     resp.close()
 
 
+async def test_garbage_after_sends_tokens_then_a_page_with_no_sse_field(client: Client) -> None:
+    resp = await client.post(CHAT, json=openai_body(), headers=fault("garbage_after=2"))
+    body = await resp.read()
+    events, _, page = body.rpartition(b"\n\n")
+    assert text_of(sse(events + b"\n\n")) == mock_text(2)
+    assert page.startswith(b"<html>") and b"data" not in page and b"\n\n" not in page
+    assert (await records(client))[-1]["outcome"] == "garbage"
+
+
+async def test_garbage_after_zero_with_a_content_type_is_a_proxys_html_page(client: Client) -> None:
+    resp = await client.post(CHAT, json=openai_body(), headers=fault("garbage_after=0;content_type=text/html"))
+    assert (resp.status, resp.headers["Content-Type"]) == (200, "text/html")
+    assert (await resp.read()).startswith(b"<html>")
+
+
+async def test_bad_json_after_sends_an_event_whose_data_is_not_json(client: Client) -> None:
+    resp = await client.post(MESSAGES, json=anthropic_body(), headers=fault("bad_json_after=1") | ANTHROPIC)
+    body = await resp.read()
+    assert body.endswith(b'\n\ndata: {"choices": [\n\n')
+    assert text_of(sse(body.removesuffix(b'data: {"choices": [\n\n'))) == mock_text(1)
+    assert (await records(client))[-1]["outcome"] == "bad_json"
+
+
+async def test_endless_after_sends_one_line_of_endless_bytes_with_no_line_ending(client: Client) -> None:
+    resp = await client.post(CHAT, json=openai_body(), headers=fault("endless_after=1;endless_bytes=300000"))
+    body = await resp.read()
+    events, _, line = body.rpartition(b"\n\n")
+    assert text_of(sse(events + b"\n\n")) == mock_text(1)
+    assert line == b"data: " + b"x" * 300000
+    record = (await records(client))[-1]
+    assert (record["outcome"], record["bytes_sent"]) == ("endless", len(body))
+
+
+async def test_an_endless_line_stops_when_the_reader_leaves(client: Client) -> None:
+    resp = await client.post(CHAT, json=openai_body(), headers=fault("endless_after=0"))
+    received = 0
+    async for piece in resp.content.iter_any():
+        received += len(piece)
+        if received > 1 << 20:
+            break
+    resp.close()
+    record = await wait_for(client, lambda r: r["ended"] is not None)
+    assert record["outcome"] == "client_closed"
+    assert record["bytes_sent"] < 64 << 20  # what the socket buffers held, not the gigabyte
+
+
+async def test_non_streaming_garbage_is_a_200_whose_body_is_not_json(client: Client) -> None:
+    resp = await client.post(CHAT, json=openai_body(stream=False), headers=fault("bad_json_after=0"))
+    assert resp.status == 200
+    with pytest.raises(orjson.JSONDecodeError):
+        orjson.loads(await resp.read())
+
+
+@pytest.mark.parametrize("spec", ["content_type=", "garbage_after=1;endless_after=2", "endless_bytes=-1"])
+async def test_a_bad_new_fault_spec_is_400(client: Client, spec: str) -> None:
+    assert (await client.post(CHAT, json=openai_body(), headers=fault(spec))).status == 400
+
+
 async def test_chunk_bytes_one_yields_the_same_body(client: Client) -> None:
     whole = await (await client.post(MESSAGES, json=anthropic_body(), headers=ANTHROPIC)).read()
     resp = await client.post(MESSAGES, json=anthropic_body(), headers={"X-Mock-Chunk-Bytes": "1"} | ANTHROPIC)

@@ -27,6 +27,16 @@ Per-request headers:
       stall=headers | stall=first | stall_after=N
                                 no headers / headers only / N tokens, then
                                 nothing for an hour (client close still seen)
+      garbage_after=N           N tokens, then an HTML error page (lines with
+                                no SSE field), then the body ends
+      bad_json_after=N          N tokens, then `data: {"choices": [` (not
+                                JSON), then the body ends
+      endless_after=N[;endless_bytes=B]
+                                N tokens, then `data: ` and B bytes (default
+                                1 GiB) with no line ending, as fast as the
+                                reader takes them, then the body ends
+      content_type=T            the stream's Content-Type instead of
+                                text/event-stream
       omit_usage=1              no usage objects
       times=K;key=X             only the first K in-scope requests with key X
 
@@ -46,7 +56,8 @@ text if it is not JSON or was cut at the body bound), body_bytes, body_truncated
 started, ended (null while in flight), status (sent HTTP status, null if
 none), tokens_sent, bytes_sent (stream body bytes) and outcome: null while in
 flight, then completed | client_closed | dropped | truncated | error_event |
-stalled | status (a non-2xx answer) | server_shutdown | cancelled | error.
+stalled | garbage | bad_json | endless | status (a non-2xx answer) |
+server_shutdown | cancelled | error.
 DELETE /_mock/requests clears records and `times` counters. Records are bounded
 by count and by bytes (`RecordLimits`); the oldest go first. Off, both paths
 are 404 and nothing is kept.
