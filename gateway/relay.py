@@ -42,6 +42,7 @@ from .stream_core import (
     classify_status,
     not_an_event_stream,
     opening_timeout,
+    oversized_answer,
     unreachable,
 )
 from .upstreams import Lease, Upstreams
@@ -70,7 +71,7 @@ class Dispatch:
     deadline: float  # the loop's clock: one deadline from arrival, so retries never stack past it
     heartbeat_s: float
     forward: Mapping[str, str]  # the client's headers, lower-case, for providers that pass some on
-    max_event_bytes: int  # an upstream SSE event past this ends the attempt, or the stream
+    max_event_bytes: int  # an upstream SSE event (or whole non-streamed answer) past this is a failure
 
     def provider(self, target: Target) -> Provider:
         return self.upstreams.providers[target.provider]
@@ -206,7 +207,7 @@ async def open_unary(d: Dispatch) -> Completion:
         try:
             async with asyncio.timeout_at(d.deadline):
                 lease = await _post(d, target, request)
-                body = await lease.response.read()
+                body = await _read_body(lease, d.max_event_bytes, target.provider)
         except TimeoutError:
             raise errors.timeout("total", d.plan.total_s) from None
         except aiohttp.ClientError as exc:
@@ -223,6 +224,16 @@ async def open_unary(d: Dispatch) -> Completion:
                                 retryable=True) from None
 
     return await _with_retries(d, attempt, stream=False)
+
+
+async def _read_body(lease: Lease, limit: int, provider: str) -> bytes:
+    """A whole non-streamed answer, unless it grows past `limit`: memory stays bounded."""
+    body = bytearray()
+    async for chunk in lease.response.content.iter_any():
+        body += chunk
+        if len(body) > limit:
+            raise oversized_answer(provider, limit)
+    return bytes(body)
 
 
 # --- COMMIT and PUMP --------------------------------------------------------------

@@ -300,6 +300,17 @@ def not_an_event_stream(provider: str, content_type: str | None) -> AttemptFaile
                                       "not text/event-stream"), retryable=True)
 
 
+def oversized_answer(provider: str, limit: int) -> AttemptFailed:
+    """A non-streamed answer longer than `limit` (`max_event_bytes`: the whole answer is one
+    event): retryable, and never read to its end.
+
+        >>> oversized_answer("p", 1024).error.message
+        'Provider p sent a response over 1024 bytes'
+    """
+    return AttemptFailed(GatewayError(502, "upstream_error", f"Provider {provider} sent a response over {limit} "
+                                      "bytes"), retryable=True)
+
+
 def unreachable(provider: str, exc: BaseException) -> AttemptFailed:
     """No connection to the provider could be made: retryable (the next try, or the next provider,
     may get through). The message names the kind of failure and never quotes the exception, whose

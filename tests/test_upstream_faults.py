@@ -35,7 +35,9 @@ from .conftest import Gateway, Process, start_gateway
 MESSAGES = [{"role": "user", "content": "hi"}]
 MAX_EVENT_BYTES = 1 << 20
 ENDLESS = f"endless_bytes={64 << 20}"  # 64 MiB with no line ending, against a 1 MiB limit
-FAST = "timeouts = { connect_s = 2, first_token_s = 0.5, idle_s = 2, total_s = 10 }"
+# Generous, so a loaded machine never turns a fault into a timeout; the stall providers wait less.
+TIMEOUTS = "timeouts = { connect_s = 5, first_token_s = 5, idle_s = 5, total_s = 20 }"
+STALL_TIMEOUTS = "timeouts = { connect_s = 5, first_token_s = 0.5, idle_s = 5, total_s = 20 }"
 RETRY = "retry = { attempts = 2, backoff_base_ms = 10, backoff_cap_ms = 50 }"
 CHAT = "/v1/chat/completions"
 STREAM = "/v1/stream/chat"
@@ -98,28 +100,20 @@ def gateway_config(mock_upstream: Process, untrusted_tls_port: int) -> str:
         port = 0
         max_event_bytes = {MAX_EVENT_BYTES}
 
-        [providers.oa]
-        dialect = "openai"
-        base_url = "{mock}/oa/v1"
-        forward_headers = ["x-mock-"]
-        {FAST}
-        {RETRY}
-
-        [providers.an]
-        dialect = "anthropic"
-        base_url = "{mock}/an"
-        forward_headers = ["x-mock-"]
-        {FAST}
-        {RETRY}
-
         [providers.cheap]
         dialect = "openai"
         base_url = "{mock}/cheap/v1"
         forward_headers = ["x-mock-"]
         """)
+    mocked = {"oa": ("openai", f"{mock}/oa/v1", TIMEOUTS), "an": ("anthropic", f"{mock}/an", TIMEOUTS),
+              "oa-stall": ("openai", f"{mock}/oa-stall/v1", STALL_TIMEOUTS),
+              "an-stall": ("anthropic", f"{mock}/an-stall", STALL_TIMEOUTS)}
+    for name, (dialect, url, timeouts) in mocked.items():
+        text += (f'\n[providers.{name}]\ndialect = "{dialect}"\nbase_url = "{url}"\nforward_headers = ["x-mock-"]\n'
+                 f"{timeouts}\n{RETRY}\n")
     for name, url in unreachable.items():
-        text += f'\n[providers.{name}]\ndialect = "openai"\nbase_url = "{url}"\n{FAST}\n{RETRY}\n'
-    for name in ("oa", "an", *unreachable):
+        text += f'\n[providers.{name}]\ndialect = "openai"\nbase_url = "{url}"\n{TIMEOUTS}\n{RETRY}\n'
+    for name in (*mocked, *unreachable):
         arms = f'arms = [{{ name = "only", provider = "{name}", model = "m", weight = 100 }}]'
         text += f"\n[routes.{name}]\n{arms}\n"
         text += f'\n[routes.{name}-fb]\n{arms}\nfallback = [{{ provider = "cheap", model = "m" }}]\n'
@@ -137,23 +131,23 @@ class Answer:
     log: dict[str, Any]  # the request's one log line
 
 
-def body_for(path: str, route: str) -> dict[str, Any]:
+def body_for(path: str, route: str, stream: bool) -> dict[str, Any]:
     if path == CHAT:
-        return {"model": route, "messages": MESSAGES, "stream": True}
+        return {"model": route, "messages": MESSAGES, "stream": stream}
     return {"model": route, "prompt": "hi"}
 
 
 async def ask(gw: Gateway, path: str, route: str, headers: dict[str, str] | None = None, *,
-              log: bool = True) -> Answer:
+              stream: bool = True, log: bool = True) -> Answer:
     rid = uuid.uuid4().hex
     async with aiohttp.ClientSession() as session:
-        async with session.post(f"{gw.url}{path}", json=body_for(path, route),
+        async with session.post(f"{gw.url}{path}", json=body_for(path, route, stream),
                                 headers={"X-Request-Id": rid, **(headers or {})}) as response:
             raw = await response.read()
             status, content_type = response.status, response.content_type
     line = gw.log_for(rid) if log else {}
     if content_type != "text/event-stream":
-        return Answer(status, [], orjson.loads(raw)["error"], "", line)
+        return Answer(status, [], orjson.loads(raw).get("error"), "", line)
     events = SSEParser().feed(raw)
     datas = [orjson.loads(e.data) for e in events if e.data != "[DONE]"]
     error = datas[-1].get("error") if datas else None
@@ -166,7 +160,7 @@ async def ask(gw: Gateway, path: str, route: str, headers: dict[str, str] | None
 
 def fault(spec: str) -> dict[str, str]:
     """A fault on the arms' own providers, never on the fallback; the tag finds the mock's records."""
-    return {"X-Mock-Fault": spec, "X-Mock-Scope": "oa,an", "X-Mock-Tag": uuid.uuid4().hex}
+    return {"X-Mock-Fault": spec, "X-Mock-Scope": "oa,an,oa-stall,an-stall", "X-Mock-Tag": uuid.uuid4().hex}
 
 
 async def assert_still_serves(gw: Gateway, path: str = CHAT, route: str = "oa") -> None:
@@ -235,12 +229,12 @@ async def test_a_broken_stream_before_the_first_token_falls_back_unseen(gw: Gate
                          ids=["chat_completions-openai", "stream_chat-anthropic"])
 async def test_headers_then_silence_is_a_first_token_timeout_after_the_retries(
         gw: Gateway, path: str, provider: str) -> None:
-    answer = await ask(gw, path, provider, fault("stall=first"))
+    answer = await ask(gw, path, f"{provider}-stall", fault("stall=first"))
     assert answer.status == 504 and answer.error is not None and answer.error["code"] == "timeout_first_token"
     line = answer.log
     assert (line["status"], line["outcome"], line["error_code"]) == (504, "timeout_first_token",
                                                                      "timeout_first_token")
-    assert line["attempts"] == 2
+    assert line["attempt_errors"] == [f"{provider}-stall:timeout_first_token"] * 2
     await assert_still_serves(gw, path, provider)
 
 
@@ -281,6 +275,27 @@ async def test_the_gateway_hangs_up_on_an_endless_line_long_before_its_end(gw: G
         await asyncio.sleep(0.02)
     assert record["outcome"] == "client_closed"
     assert record["bytes_sent"] < 16 << 20  # the limit plus what socket buffers hold, not 64 MiB
+
+
+# --- a non-streamed answer -----------------------------------------------------------------------
+
+UNARY = [
+    ("not-json", "bad_json_after=0", "sent a malformed response"),
+    ("endless", f"endless_after=0;{ENDLESS}", f"sent a response over {MAX_EVENT_BYTES} bytes"),
+]
+
+
+@pytest.mark.parametrize(("spec", "says"), [case[1:] for case in UNARY], ids=[case[0] for case in UNARY])
+@DIALECTS
+async def test_a_non_streamed_answer_that_is_not_json_or_never_ends_is_retried_then_a_502(
+        gw: Gateway, provider: str, spec: str, says: str) -> None:
+    answer = await ask(gw, CHAT, provider, fault(spec), stream=False)
+    assert answer.status == 502 and answer.error is not None
+    assert answer.error["code"] == "upstream_error" and says in answer.error["message"]
+    line = answer.log
+    assert (line["status"], line["outcome"], line["error_code"]) == (502, "upstream_error", "upstream_error")
+    assert line["attempt_errors"] == [f"{provider}:upstream_error"] * 2
+    await assert_still_serves(gw, CHAT, provider)
 
 
 # --- no connection at all: DNS, TLS --------------------------------------------------------------
@@ -335,8 +350,10 @@ async def test_an_endless_line_costs_the_gateway_about_its_limit_not_what_was_se
             for spec in (f"endless_after=0;{ENDLESS}", f"endless_after=3;{ENDLESS}"):
                 answer = await ask(gateway, path, "oa", fault(spec))
                 assert answer.log["error_code"] == "upstream_error"
+        answer = await ask(gateway, CHAT, "oa", fault(f"endless_after=0;{ENDLESS}"), stream=False)
+        assert answer.log["error_code"] == "upstream_error"
         growth = peak_rss(gateway.proc.pid) - before
-        print(f"\npeak RSS grew {growth / 2**20:.1f} MiB over 6 endless lines of up to 64 MiB "
+        print(f"\npeak RSS grew {growth / 2**20:.1f} MiB over 8 endless lines and bodies of up to 64 MiB "
               f"(limit {MAX_EVENT_BYTES >> 20} MiB)")
         assert growth < 16 << 20
         await assert_still_serves(gateway)
