@@ -207,7 +207,8 @@ async def _handle(request: web.Request, endpoint: Endpoint) -> web.StreamRespons
             raise admission.refusal
         dispatch = Dispatch(app[UPSTREAMS], record, chat, route, deadline=record.started + route.total_s,
                             heartbeat_s=config.server.heartbeat_s,
-                            forward={k.lower(): v for k, v in request.headers.items()})
+                            forward={k.lower(): v for k, v in request.headers.items()},
+                            max_event_bytes=config.server.max_event_bytes)
         if record.stream:
             return await stream_response(dispatch, request, endpoint.renderer(chat), headers)
         return await unary_response(dispatch, headers)

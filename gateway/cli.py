@@ -49,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     mock.add_argument("--tokens", type=int, default=20)
     mock.add_argument("--first-token-delay-ms", type=float, default=50.0)
     mock.add_argument("--inter-token-delay-ms", type=float, default=20.0)
+    mock.add_argument("--record", action="store_true",
+                      help="serve GET/DELETE /_mock/requests: what the mock saw, prompts included (for tests)")
 
     check = commands.add_parser("check-config", help="validate a config file; exit 1 on errors")
     check.add_argument("path", nargs="?", default=None)
@@ -66,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "mock-upstream":
         settings = MockServer(host=args.host, port=args.port, tokens=args.tokens,
                               first_token_delay_ms=args.first_token_delay_ms,
-                              inter_token_delay_ms=args.inter_token_delay_ms)
+                              inter_token_delay_ms=args.inter_token_delay_ms, record_requests=args.record)
         return _run(_serve_mock_only(settings))
     try:
         config = load_config(args.config if args.command == "serve" else args.path)
@@ -134,7 +136,11 @@ async def _mock_server(settings: MockServer) -> AsyncIterator[int]:
                           inter_token_delay_ms=settings.inter_token_delay_ms)
     profiles = {name: MockProfile(**{"tokens": settings.tokens, **values})  # type: ignore[arg-type]
                 for name, values in settings.profiles.items()}
-    runner, port = await start_mock(settings.host, settings.port, profiles, default)
+    runner, port = await start_mock(settings.host, settings.port, profiles, default,
+                                    record_requests=settings.record_requests)
+    if settings.record_requests:
+        print(f"mock records requests, prompts included, at http://{settings.host}:{port}/_mock/requests",
+              file=sys.stderr, flush=True)
     try:
         yield port
     finally:

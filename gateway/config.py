@@ -29,6 +29,7 @@ if not DEFAULT_CONFIG_PATH.exists():  # pragma: no cover - depends on install mo
     DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent / "default.toml"
 
 DIALECTS = ("openai", "anthropic")
+MIN_EVENT_BYTES = 1024  # below this, ordinary chunks with usage would not fit
 BASIS_POINTS = 10_000
 
 
@@ -112,6 +113,7 @@ class MockServer:
     first_token_delay_ms: float = 50.0
     inter_token_delay_ms: float = 20.0
     profiles: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    record_requests: bool = False  # serve /_mock/requests (holds prompts, never keys): for tests only
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +121,7 @@ class Server:
     host: str = "127.0.0.1"
     port: int = 8080
     max_body_bytes: int = 1_048_576
+    max_event_bytes: int = 16 * 1024 * 1024  # an upstream SSE event past this is an error: bounded memory
     heartbeat_s: float = 15.0
     default_route: str | None = None  # for /v1/stream/chat requests without a model
     allow_arm_override: bool = False  # honour X-Gateway-Arm-Override (testing only)
@@ -338,6 +341,7 @@ def _server(r: _Reader) -> Server:
         host=r.get("host", str, d.host),
         port=port,
         max_body_bytes=r.integer("max_body_bytes", d.max_body_bytes),
+        max_event_bytes=r.integer("max_event_bytes", d.max_event_bytes, minimum=MIN_EVENT_BYTES),
         heartbeat_s=r.number("heartbeat_s", d.heartbeat_s),
         default_route=r.get("default_route", str, None),
         allow_arm_override=r.get("allow_arm_override", bool, False),
@@ -398,6 +402,7 @@ def _mock(r: _Reader) -> MockServer:
         first_token_delay_ms=r.number("first_token_delay_ms", d.first_token_delay_ms, positive=False),
         inter_token_delay_ms=r.number("inter_token_delay_ms", d.inter_token_delay_ms, positive=False),
         profiles=profiles,
+        record_requests=r.get("record_requests", bool, d.record_requests),
     )
     r.finish()
     return m

@@ -40,7 +40,10 @@ from .stream_core import (
     UpstreamStream,
     backoff_delay,
     classify_status,
+    not_an_event_stream,
     opening_timeout,
+    oversized_answer,
+    unreachable,
 )
 from .upstreams import Lease, PoolExhausted, Upstreams, forwarded_headers
 
@@ -68,6 +71,7 @@ class Dispatch:
     deadline: float  # the loop's clock: one deadline from arrival, so retries never stack past it
     heartbeat_s: float
     forward: Mapping[str, str]  # the client's headers, lower-case, for providers that pass some on
+    max_event_bytes: int  # an upstream SSE event (or whole non-streamed answer) past this is a failure
 
     def provider(self, target: Target) -> Provider:
         return self.upstreams.providers[target.provider]
@@ -153,9 +157,7 @@ async def _post(d: Dispatch, target: Target, request: UpstreamRequest) -> Lease:
         raise AttemptFailed(errors.timeout("connect", provider.timeouts.connect_s), retryable=True) from None
     except aiohttp.ClientError as exc:
         slot.release()
-        raise AttemptFailed(GatewayError(502, "upstream_unreachable",
-                                         f"Could not reach provider {target.provider}: {type(exc).__name__}"),
-                            retryable=True) from None
+        raise unreachable(target.provider, exc) from None
     except BaseException:
         slot.release()
         raise
@@ -182,10 +184,13 @@ async def open_stream(d: Dispatch, renderer: Renderer) -> OpenStream:
             try:
                 async with asyncio.timeout_at(min(loop.time() + timeouts.first_token_s, d.deadline)):
                     lease = await _post(d, target, request)
+                    if refused := not_an_event_stream(target.provider, lease.response.headers.get("Content-Type")):
+                        raise refused
                     stream = UpstreamStream(
                         target.provider, dialect_for(d.provider(target).dialect).stream_translator(target.model),
                         renderer, Deadlines(loop.time(), idle_s=timeouts.idle_s, heartbeat_s=d.heartbeat_s,
-                                            total_at=d.deadline, total_s=d.plan.total_s))
+                                            total_at=d.deadline, total_s=d.plan.total_s),
+                        max_event_bytes=d.max_event_bytes)
                     while not stream.feed_opening(await _read(lease, d.record)):
                         pass
                     return OpenStream(lease, stream)
@@ -224,7 +229,7 @@ async def open_unary(d: Dispatch) -> Completion:
                 raise opening_timeout(loop.time(), d.deadline, d.plan.total_s, timeouts.first_token_s) from None
             try:
                 async with asyncio.timeout_at(d.deadline):
-                    body = await lease.response.read()
+                    body = await _read_body(lease, d.max_event_bytes, target.provider)
             except TimeoutError:
                 raise errors.timeout("total", d.plan.total_s) from None
         except aiohttp.ClientError as exc:
@@ -241,6 +246,16 @@ async def open_unary(d: Dispatch) -> Completion:
                                 retryable=True) from None
 
     return await _with_retries(d, attempt, stream=False)
+
+
+async def _read_body(lease: Lease, limit: int, provider: str) -> bytes:
+    """A whole non-streamed answer, unless it grows past `limit`: memory stays bounded."""
+    body = bytearray()
+    async for chunk in lease.response.content.iter_any():
+        body += chunk
+        if len(body) > limit:
+            raise oversized_answer(provider, limit)
+    return bytes(body)
 
 
 # --- COMMIT and PUMP --------------------------------------------------------------

@@ -44,7 +44,15 @@ class Event:
 
 
 class SSEError(Exception):
-    """The stream violates a protocol limit; the parser must not be reused."""
+    """The stream violates a protocol limit; the parser must not be reused.
+
+    `events` are the events the same `feed` call completed before the
+    violation: they were valid, so a caller may still deliver them.
+    """
+
+    def __init__(self, message: str, events: list[Event] | None = None) -> None:
+        super().__init__(message)
+        self.events = events or []
 
 
 class SSEParser:
@@ -57,8 +65,13 @@ class SSEParser:
     same however the stream was chunked, and is still a valid SSE block.
     """
 
-    def __init__(self, max_event_bytes: int = 16 * 1024 * 1024) -> None:
+    def __init__(self, max_event_bytes: int = 16 * 1024 * 1024, *, strict: bool = False) -> None:
         self.max_event_bytes = max_event_bytes
+        # WHATWG ignores a line that is neither a comment nor a known field. A
+        # caller whose peer is known to speak SSE can ask for it to be an
+        # SSEError instead: from such a peer it means bytes that are not SSE
+        # at all (a proxy's HTML page, a bare JSON body).
+        self.strict = strict
         self.discarded_partial = False
         self.last_event_id: str | None = None  # committed at each blank line
         self.reconnection_time: int | None = None  # latest valid retry, any block
@@ -106,19 +119,21 @@ class SSEParser:
             self._skip_lf = buf[end] == _CR
             self._pos = end + 1
             if end > self._line_start:
-                self._line(buf[self._line_start : end].decode("utf-8", "replace"))
+                known = self._line(buf[self._line_start : end].decode("utf-8", "replace"))
+                if not known and self.strict:
+                    raise SSEError("a line is neither a comment nor a field (data, event, id, retry)", events)
                 self._line_start = self._pos
                 continue
             # Blank line: the block ends here, whether or not it dispatches.
             if self._pos > self.max_event_bytes:
-                raise SSEError(f"event exceeds {self.max_event_bytes} bytes")
+                raise SSEError(f"an event exceeds {self.max_event_bytes} bytes", events)
             ev = self._dispatch(bytes(buf[: self._pos]))
             if ev is not None:
                 events.append(ev)
             del buf[: self._pos]  # amortised O(1): bytearray trims its head in place
             self._pos = self._line_start = 0
         if len(buf) > self.max_event_bytes:
-            raise SSEError(f"incomplete event exceeds {self.max_event_bytes} bytes")
+            raise SSEError(f"an incomplete event exceeds {self.max_event_bytes} bytes", events)
         return events
 
     def close(self) -> list[Event]:
@@ -130,9 +145,10 @@ class SSEParser:
         self._data, self._type, self._retry = [], "", None
         return []
 
-    def _line(self, line: str) -> None:
+    def _line(self, line: str) -> bool:
+        """Apply one non-blank line; False when it is an unknown field (ignored, per WHATWG)."""
         if line[0] == ":":
-            return
+            return True
         name, _, value = line.partition(":")
         if value[:1] == " ":
             value = value[1:]
@@ -149,6 +165,9 @@ class SSEParser:
                     self._retry = self.reconnection_time = int(value)
                 except ValueError:  # beyond sys.get_int_max_str_digits()
                     pass
+        else:
+            return False
+        return True
 
     def _dispatch(self, raw: bytes) -> Event | None:
         # Per spec the id is committed even by blocks that dispatch nothing.

@@ -28,16 +28,20 @@ A method called in the wrong phase raises `PhaseError`: the caller has a bug.
     >>> stream.feed(b"data: [DONE]\\n\\n", 0.2).done, stream.phase
     (True, <Phase.ENDED: 'ended'>)
 
-The retry policy is here too: which upstream answers may be retried, and how
-long to wait before the next try.
+The retry policy is here too: which upstream answers and connection failures
+may be retried, what they are called, and how long to wait before the next
+try. (aiohttp's exception classes are read here as data; nothing is sent.)
 """
 
 from __future__ import annotations
 
 import enum
 import random
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
+
+import aiohttp
 
 from . import errors
 from .errors import GatewayError
@@ -133,7 +137,9 @@ class UpstreamStream:
         self.deadlines = deadlines
         self.phase = Phase.OPENING
         self.outputs = 0  # model-output pieces received and rendered: the estimate when usage is missing
-        self._parser = SSEParser(max_event_bytes)  # an endless event is an error, not unbounded memory
+        # An endless event is an error, not unbounded memory; and a provider speaks SSE, so a line that
+        # is not SSE (a proxy's HTML page, a bare JSON body) is an error, not a line to skip.
+        self._parser = SSEParser(max_event_bytes, strict=True)
         self._held: list[Piece] = []
         self._ready = False
 
@@ -146,15 +152,14 @@ class UpstreamStream:
         if not chunk:
             raise AttemptFailed(GatewayError(502, "upstream_error", f"Provider {self.provider} ended the "
                                              "stream before the first token"), retryable=True)
-        try:
-            pieces = self._pieces(chunk)
-        except SSEError:
-            raise AttemptFailed(self._broken("SSEError"), retryable=True) from None
+        pieces, violation = self._pieces(chunk)
         for piece in pieces:
             if piece.error:
                 raise AttemptFailed(GatewayError(502, "upstream_error", piece.error), retryable=True)
             self._held.append(piece)
             self._ready = self._ready or piece.done or piece.model_output
+        if violation is not None and not any(piece.done for piece in self._held):
+            raise AttemptFailed(violation, retryable=True)
         return self._ready
 
     def commit(self, now: float) -> Batch:
@@ -180,11 +185,7 @@ class UpstreamStream:
             return self._end(GatewayError(502, "upstream_truncated",
                                           f"Provider {self.provider} ended the stream without its terminator; "
                                           "the response is incomplete", outcome="truncated"))
-        try:
-            pieces = self._pieces(chunk)
-        except SSEError:
-            return self._end(self._broken("SSEError"))
-        return self._render(pieces)
+        return self._render(*self._pieces(chunk))
 
     def timer_fired(self, now: float) -> Batch:
         """The read waited until `wake_at()`: a heartbeat, or the timeout that ends the stream."""
@@ -209,10 +210,17 @@ class UpstreamStream:
 
     # --- internals -------------------------------------------------------------
 
-    def _pieces(self, chunk: bytes) -> list[Piece]:
-        return [piece for event in self._parser.feed(chunk) for piece in self.translator.translate(event)]
+    def _pieces(self, chunk: bytes) -> tuple[list[Piece], GatewayError | None]:
+        """The pieces of the chunk's complete events, and the protocol violation that cut the chunk
+        short, if one did (the parser is then done: the stream must end)."""
+        try:
+            events, violation = self._parser.feed(chunk), None
+        except SSEError as exc:  # its text is the parser's own, never the upstream's bytes
+            events = exc.events
+            violation = GatewayError(502, "upstream_error", f"Provider {self.provider} broke the event stream: {exc}")
+        return [piece for event in events for piece in self.translator.translate(event)], violation
 
-    def _render(self, pieces: list[Piece]) -> Batch:
+    def _render(self, pieces: list[Piece], violation: GatewayError | None = None) -> Batch:
         out: list[bytes] = []
         outputs = 0
         done = False
@@ -226,6 +234,8 @@ class UpstreamStream:
                 out.append(rendered)
             outputs += piece.model_output
             done = done or piece.done
+        if error is None and not done:
+            error = violation  # after the events that came before it
         self.outputs += outputs
         batch = Batch(b"".join(out), len(out), outputs, done, error)
         if batch.ended:
@@ -268,6 +278,59 @@ def classify_status(provider: str, status: int, body: bytes, retry_after: str | 
                              retryable=False)
     return AttemptFailed(GatewayError(status if 400 <= status < 500 else 502, "upstream_rejected", message),
                          retryable=False)
+
+
+def not_an_event_stream(provider: str, content_type: str | None) -> AttemptFailed | None:
+    """A 200 answer to a stream request whose Content-Type says it is something else (a proxy's
+    HTML page, a JSON body from a provider that ignored `stream`): retryable, as the next try or
+    provider may answer properly. With no Content-Type at all, the strict parser judges the bytes.
+
+        >>> not_an_event_stream("p", "text/event-stream; charset=utf-8") is None
+        True
+        >>> not_an_event_stream("p", "text/html; charset=utf-8").error.message
+        'Provider p answered 200 with text/html, not text/event-stream'
+    """
+    if content_type is None:
+        return None
+    media_type = content_type.partition(";")[0].strip().lower()
+    if media_type == "text/event-stream":
+        return None
+    shown = media_type[:80] or "an empty Content-Type"
+    return AttemptFailed(GatewayError(502, "upstream_error", f"Provider {provider} answered 200 with {shown}, "
+                                      "not text/event-stream"), retryable=True)
+
+
+def oversized_answer(provider: str, limit: int) -> AttemptFailed:
+    """A non-streamed answer longer than `limit` (`max_event_bytes`: the whole answer is one
+    event): retryable, and never read to its end.
+
+        >>> oversized_answer("p", 1024).error.message
+        'Provider p sent a response over 1024 bytes'
+    """
+    return AttemptFailed(GatewayError(502, "upstream_error", f"Provider {provider} sent a response over {limit} "
+                                      "bytes"), retryable=True)
+
+
+def unreachable(provider: str, exc: BaseException) -> AttemptFailed:
+    """No connection to the provider could be made: retryable (the next try, or the next provider,
+    may get through). The message names the kind of failure and never quotes the exception, whose
+    text carries the connection key: the URL's host and any proxy credentials.
+
+        >>> unreachable("p", aiohttp.ClientConnectorError(None, socket.gaierror(-2, "unknown name"))).error.message
+        'Could not reach provider p: DNS lookup failed'
+    """
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        kind = "TLS handshake failed: certificate not trusted"
+    elif isinstance(exc, aiohttp.ClientSSLError):
+        kind = "TLS handshake failed"
+    elif isinstance(exc, aiohttp.ClientConnectorError) and isinstance(exc.os_error, socket.gaierror):
+        kind = "DNS lookup failed"
+    elif isinstance(exc, aiohttp.ClientConnectorError) and isinstance(exc.os_error, ConnectionRefusedError):
+        kind = "connection refused"
+    else:
+        kind = type(exc).__name__
+    return AttemptFailed(GatewayError(502, "upstream_unreachable", f"Could not reach provider {provider}: {kind}"),
+                         retryable=True)
 
 
 def parse_retry_after(value: str | None) -> float | None:

@@ -75,11 +75,12 @@ def start_process(args: list[str], tmp: Path, name: str, ready: bytes,
 
 @pytest.fixture(scope="session")
 def mock_upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
-    """The built-in mock provider, fast by default; tests slow it down per request by header."""
+    """The built-in mock provider, fast by default; tests slow it down per request by header.
+    It records what it sees (`--record`), for `Process.mock_records`."""
     tmp = tmp_path_factory.mktemp("mock")
     process = start_process(["mock-upstream", "--host", "127.0.0.1", "--port", "0", "--tokens", "12",
-                             "--first-token-delay-ms", "5", "--inter-token-delay-ms", "2"], tmp, "mock",
-                            b"mock provider")
+                             "--first-token-delay-ms", "5", "--inter-token-delay-ms", "2", "--record"], tmp,
+                            "mock", b"mock provider")
     yield process
     process.stop()
 
@@ -259,7 +260,7 @@ def redis_server() -> Iterator[Redis]:
 @pytest.fixture(scope="session")
 def paced_mock(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
     """40 tokens, 50 ms apart: a stream slow enough to watch, sample and stop."""
-    process = start_process(["mock-upstream", "--host", "127.0.0.1", "--port", "0", "--tokens", "40",
+    process = start_process(["mock-upstream", "--record", "--host", "127.0.0.1", "--port", "0", "--tokens", "40",
                              "--first-token-delay-ms", "50", "--inter-token-delay-ms", "50"],
                             tmp_path_factory.mktemp("paced-mock"), "mock", b"mock provider")
     yield process
@@ -269,7 +270,7 @@ def paced_mock(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
 @pytest.fixture(scope="session")
 def fast_mock(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
     """2,000 tokens, 1 ms apart: faster than any screen refreshes."""
-    process = start_process(["mock-upstream", "--host", "127.0.0.1", "--port", "0", "--tokens", "2000",
+    process = start_process(["mock-upstream", "--record", "--host", "127.0.0.1", "--port", "0", "--tokens", "2000",
                              "--first-token-delay-ms", "0", "--inter-token-delay-ms", "1"],
                             tmp_path_factory.mktemp("fast-mock"), "mock", b"mock provider")
     yield process

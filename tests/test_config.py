@@ -31,6 +31,29 @@ def test_default_config_is_valid_without_any_api_key() -> None:
     assert all(p.api_key is None for p in config.providers.values())
 
 
+def test_the_default_configs_mock_records_nothing() -> None:
+    config = load_config(DEFAULT_CONFIG_PATH, {})
+    assert config.mock is not None and config.mock.record_requests is False
+
+
+def test_server_max_event_bytes_defaults_to_16_mib_and_is_read_with_a_floor(tmp_path: Path) -> None:
+    assert load_config(DEFAULT_CONFIG_PATH, {}).server.max_event_bytes == 16 * 1024 * 1024
+    path = tmp_path / "events.toml"
+    path.write_text("[server]\nmax_event_bytes = 1048576\n" + PROVIDER + ROUTE)
+    assert load_config(path, {}).server.max_event_bytes == 1048576
+    [problem] = problems(tmp_path, "[server]\nmax_event_bytes = 100\n" + PROVIDER + ROUTE)
+    assert problem.endswith("server.max_event_bytes: expected an integer >= 1024, got 100")
+
+
+def test_mock_record_requests_is_read_as_a_boolean(tmp_path: Path) -> None:
+    path = tmp_path / "mock.toml"
+    path.write_text(PROVIDER + ROUTE + "[mock]\nrecord_requests = true\n")
+    config = load_config(path, {})
+    assert config.mock is not None and config.mock.record_requests is True
+    [problem] = problems(tmp_path, PROVIDER + ROUTE + '[mock]\nrecord_requests = "yes"\n')
+    assert "mock.record_requests: expected true or false, got str 'yes'" in problem
+
+
 def test_examples_are_valid_when_their_keys_are_set() -> None:
     examples = sorted((ROOT / "config" / "examples").glob("*.toml"))
     assert examples

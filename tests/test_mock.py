@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -14,6 +16,10 @@ import pytest_asyncio
 from aiohttp.test_utils import TestClient
 
 from gateway.mock import WORDS, MockProfile, build_mock_app, mock_text, start_mock
+from gateway.mock.records import RecordLimits
+from gateway.mock.state import STATE
+
+from .conftest import Gateway, Process, config_text, start_gateway
 
 pytestmark = pytest.mark.asyncio
 
@@ -94,7 +100,7 @@ async def wait_for(
 
 @pytest_asyncio.fixture
 async def client(aiohttp_client: Callable[..., Awaitable[Client]]) -> Client:
-    return await aiohttp_client(build_mock_app(profiles={"slow": SLOW}, default=FAST))
+    return await aiohttp_client(build_mock_app(profiles={"slow": SLOW}, default=FAST, record_requests=True))
 
 
 async def test_mock_text_joins_words_and_wraps() -> None:
@@ -367,6 +373,64 @@ async def test_stall_after_sends_tokens_then_nothing(client: Client) -> None:
     resp.close()
 
 
+async def test_garbage_after_sends_tokens_then_a_page_with_no_sse_field(client: Client) -> None:
+    resp = await client.post(CHAT, json=openai_body(), headers=fault("garbage_after=2"))
+    body = await resp.read()
+    events, _, page = body.rpartition(b"\n\n")
+    assert text_of(sse(events + b"\n\n")) == mock_text(2)
+    assert page.startswith(b"<html>") and b"data" not in page and b"\n\n" not in page
+    assert (await records(client))[-1]["outcome"] == "garbage"
+
+
+async def test_garbage_after_zero_with_a_content_type_is_a_proxys_html_page(client: Client) -> None:
+    resp = await client.post(CHAT, json=openai_body(), headers=fault("garbage_after=0;content_type=text/html"))
+    assert (resp.status, resp.headers["Content-Type"]) == (200, "text/html")
+    assert (await resp.read()).startswith(b"<html>")
+
+
+async def test_bad_json_after_sends_an_event_whose_data_is_not_json(client: Client) -> None:
+    resp = await client.post(MESSAGES, json=anthropic_body(), headers=fault("bad_json_after=1") | ANTHROPIC)
+    body = await resp.read()
+    assert body.endswith(b'\n\ndata: {"choices": [\n\n')
+    assert text_of(sse(body.removesuffix(b'data: {"choices": [\n\n'))) == mock_text(1)
+    assert (await records(client))[-1]["outcome"] == "bad_json"
+
+
+async def test_endless_after_sends_one_line_of_endless_bytes_with_no_line_ending(client: Client) -> None:
+    resp = await client.post(CHAT, json=openai_body(), headers=fault("endless_after=1;endless_bytes=300000"))
+    body = await resp.read()
+    events, _, line = body.rpartition(b"\n\n")
+    assert text_of(sse(events + b"\n\n")) == mock_text(1)
+    assert line == b"data: " + b"x" * 300000
+    record = (await records(client))[-1]
+    assert (record["outcome"], record["bytes_sent"]) == ("endless", len(body))
+
+
+async def test_an_endless_line_stops_when_the_reader_leaves(client: Client) -> None:
+    resp = await client.post(CHAT, json=openai_body(), headers=fault("endless_after=0"))
+    received = 0
+    async for piece in resp.content.iter_any():
+        received += len(piece)
+        if received > 1 << 20:
+            break
+    resp.close()
+    record = await wait_for(client, lambda r: r["ended"] is not None)
+    assert record["outcome"] == "client_closed"
+    assert record["bytes_sent"] < 64 << 20  # what the socket buffers held, not the gigabyte
+
+
+async def test_non_streaming_garbage_is_a_200_whose_body_is_not_json(client: Client) -> None:
+    resp = await client.post(CHAT, json=openai_body(stream=False), headers=fault("bad_json_after=0"))
+    assert resp.status == 200
+    with pytest.raises(orjson.JSONDecodeError):
+        orjson.loads(await resp.read())
+
+
+@pytest.mark.parametrize("spec", ["content_type=", "garbage_after=1;endless_after=2", "endless_bytes=-1"])
+async def test_a_bad_new_fault_spec_is_400(client: Client, spec: str) -> None:
+    assert (await client.post(CHAT, json=openai_body(), headers=fault(spec))).status == 400
+
+
 async def test_chunk_bytes_one_yields_the_same_body(client: Client) -> None:
     whole = await (await client.post(MESSAGES, json=anthropic_body(), headers=ANTHROPIC)).read()
     resp = await client.post(MESSAGES, json=anthropic_body(), headers={"X-Mock-Chunk-Bytes": "1"} | ANTHROPIC)
@@ -414,24 +478,91 @@ async def test_require_api_key_argument_applies_to_every_request(
 
 async def test_records_endpoint_reports_requests_and_resets(client: Client) -> None:
     before = time.time()
-    headers = {"Authorization": "Bearer sk-x", "X-Mock-First-Token-Delay-Ms": "0"}
+    headers = {"X-Mock-First-Token-Delay-Ms": "0"}
     await (await client.post("/slow" + CHAT, json=openai_body(), headers=headers)).read()
-    headers = ANTHROPIC | {"X-Api-Key": "sk-a"}
-    await (await client.post(MESSAGES, json=anthropic_body(stream=False), headers=headers)).read()
+    await (await client.post(MESSAGES, json=anthropic_body(stream=False), headers=ANTHROPIC)).read()
     await (await client.get("/v1/models")).read()  # not a generation: not recorded
 
     first, second = await records(client)
     assert second["id"] > first["id"]
     assert first["profile"] == "slow" and first["path"] == "/slow" + CHAT
-    assert first["headers"]["authorization"] == "Bearer sk-x"
-    assert second["headers"]["x-api-key"] == "sk-a" and second["profile"] == "default"
-    assert first["body"] == openai_body()
+    assert first["headers"]["x-mock-first-token-delay-ms"] == "0"
+    assert second["headers"]["anthropic-version"] == "2023-06-01" and second["profile"] == "default"
+    assert first["body"] == openai_body() and first["body_truncated"] is False
     assert before <= first["started"] <= first["ended"] <= time.time()
     assert (first["outcome"], first["tokens_sent"]) == ("completed", SLOW.tokens)
+    assert first["bytes_sent"] > 0
     assert (second["outcome"], second["tokens_sent"]) == ("completed", FAST.tokens)
 
     assert (await client.delete("/_mock/requests")).status == 200
     assert await records(client) == []
+
+
+async def test_records_name_credential_headers_but_never_hold_their_values(client: Client) -> None:
+    secrets = {"Authorization": "Bearer sk-oa-SECRET1", "X-Api-Key": "sk-an-SECRET2", "Cookie": "s=SECRET3",
+               "X-Mock-Require-Key": "sk-oa-SECRET1", "X-Goog-Api-Key": "SECRET4"}
+    await (await client.post(CHAT, json=openai_body(stream=False), headers=secrets)).read()
+    [record] = await records(client)
+    assert b"SECRET" not in orjson.dumps(record)
+    assert {name: record["headers"][name] for name in ("authorization", "x-api-key", "cookie",
+                                                        "x-mock-require-key", "x-goog-api-key")} == dict.fromkeys(
+        ("authorization", "x-api-key", "cookie", "x-mock-require-key", "x-goog-api-key"), "[redacted]")
+
+
+async def test_records_say_whether_the_key_matched_instead_of_the_key(client: Client) -> None:
+    cases = [({}, "absent"), ({"Authorization": "Bearer sk-any"}, "present"),
+             ({"Authorization": "Bearer sk-right", "X-Mock-Require-Key": "sk-right"}, "matched"),
+             ({"Authorization": "Bearer sk-wrong", "X-Mock-Require-Key": "sk-right"}, "mismatched")]
+    for headers, _ in cases:
+        await (await client.post(CHAT, json=openai_body(stream=False), headers=headers)).read()
+    assert [(r["api_key"], r["status"]) for r in await records(client)] == [
+        ("absent", 200), ("present", 200), ("matched", 200), ("mismatched", 401)]
+
+
+async def test_without_recording_the_records_path_is_404_and_nothing_is_kept(
+    aiohttp_client: Callable[..., Awaitable[Client]],
+) -> None:
+    app = build_mock_app(default=FAST)
+    client = await aiohttp_client(app)
+    await (await client.post(CHAT, json=openai_body(), headers={"Authorization": "Bearer sk-x"})).read()
+    assert (await client.get("/_mock/requests")).status == 404
+    assert (await client.delete("/_mock/requests")).status == 404
+    assert app[STATE].recorder.records() == []
+
+
+async def test_records_keep_only_the_newest_past_the_count_bound(
+    aiohttp_client: Callable[..., Awaitable[Client]],
+) -> None:
+    app = build_mock_app(default=FAST, record_requests=True, record_limits=RecordLimits(records=3))
+    client = await aiohttp_client(app)
+    for _ in range(5):
+        await (await client.post(CHAT, json=openai_body(stream=False))).read()
+    assert [r["id"] for r in await records(client)] == [3, 4, 5]
+
+
+async def test_records_keep_only_the_newest_past_the_byte_bound(
+    aiohttp_client: Callable[..., Awaitable[Client]],
+) -> None:
+    limits = RecordLimits(bytes=20_000, body_bytes=4096)
+    client = await aiohttp_client(build_mock_app(default=FAST, record_requests=True, record_limits=limits))
+    for _ in range(20):  # about 4.5 KB a record: only four fit
+        body = openai_body(stream=False, messages=[{"role": "user", "content": "x" * 4000}])
+        await (await client.post(CHAT, json=body)).read()
+    kept = await records(client)
+    assert [r["id"] for r in kept] == [17, 18, 19, 20]
+    assert len(orjson.dumps(kept)) <= limits.bytes + 4 * 200  # plus what the server added after sizing
+
+
+async def test_a_body_over_the_limit_is_kept_as_its_first_bytes(
+    aiohttp_client: Callable[..., Awaitable[Client]],
+) -> None:
+    limits = RecordLimits(body_bytes=100)
+    client = await aiohttp_client(build_mock_app(default=FAST, record_requests=True, record_limits=limits))
+    raw = orjson.dumps(openai_body(stream=False, messages=[{"role": "user", "content": "y" * 1000}]))
+    await (await client.post(CHAT, data=raw)).read()
+    [record] = await records(client)
+    assert record["body"] == raw[:100].decode()
+    assert (record["body_truncated"], record["body_bytes"]) == (True, len(raw))
 
 
 async def test_start_mock_on_port_zero_serves_and_cleans_up_stalls_fast() -> None:
@@ -447,3 +578,34 @@ async def test_start_mock_on_port_zero_serves_and_cleans_up_stalls_fast() -> Non
         await runner.cleanup()  # a stalled handler must not hold shutdown for its timeout
         assert time.monotonic() - started < 5
         stalled.close()
+
+
+# --- the mock inside `gateway serve` ---------------------------------------------------------
+
+
+def embedded_mock_url(gateway: Gateway) -> str:
+    match = re.search(rb"built-in mock provider on (http://127\.0\.0\.1:\d+)", gateway.stderr_path.read_bytes())
+    assert match, "gateway serve did not start its mock"
+    return match.group(1).decode()
+
+
+@pytest.mark.parametrize("record_requests", [False, True])
+async def test_the_mock_inside_gateway_serve_records_only_when_configured_and_never_a_key(
+    mock_upstream: Process, tmp_path: Path, record_requests: bool
+) -> None:
+    table = f'\n[mock]\nhost = "127.0.0.1"\nport = 0\nrecord_requests = {str(record_requests).lower()}\n'
+    gateway = start_gateway(tmp_path, config_text(mock_upstream.url, table))
+    try:
+        url = embedded_mock_url(gateway)
+        async with aiohttp.ClientSession() as session:
+            headers = {"Authorization": "Bearer sk-embedded-SECRET"}
+            async with session.post(url + CHAT, json=openai_body(stream=False), headers=headers) as response:
+                assert response.status == 200
+            async with session.get(url + "/_mock/requests") as response:
+                assert response.status == (200 if record_requests else 404)
+                listing = await response.read()
+    finally:
+        gateway.stop()
+    if record_requests:
+        [record] = orjson.loads(listing)
+        assert record["api_key"] == "present" and b"SECRET" not in listing

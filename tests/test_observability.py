@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import socket
 import textwrap
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -261,12 +262,15 @@ async def test_secrets_and_prompt_text_never_appear_in_logs_or_error_bodies(gw: 
         assert secret.encode() not in everything
 
 
-async def test_the_provider_key_reaches_the_provider(gw: Gateway) -> None:
-    # The other side of the secrets test: the key is used, just never shown.
-    status, _, _ = await call(gw, chat("oa"), {"X-Mock-Require-Key": PROVIDER_KEY})
-    assert status == 200
-    status, _, _ = await call(gw, chat("an"), {"X-Mock-Require-Key": PROVIDER_KEY})
-    assert status == 200
+async def test_the_provider_key_reaches_the_provider(gw: Gateway, mock_upstream: Process) -> None:
+    # The other side of the secrets test: the key is used, just never shown, nor kept by the mock.
+    tag = uuid.uuid4().hex
+    for route in ("oa", "an"):
+        status, _, _ = await call(gw, chat(route), {"X-Mock-Require-Key": PROVIDER_KEY, "X-Mock-Tag": tag})
+        assert status == 200
+    assert [r["api_key"] for r in mock_upstream.mock_records(tag)] == ["matched", "matched"]
+    with urllib.request.urlopen(f"{mock_upstream.url}/_mock/requests") as response:
+        assert PROVIDER_KEY.encode() not in response.read()
 
 
 async def test_a_refused_provider_key_is_a_502_not_the_clients_401(gw: Gateway) -> None:

@@ -173,6 +173,35 @@ def test_field_names_are_case_sensitive():
     assert parse(b"Data: a\n\n") == []
 
 
+# --- strict: a peer known to speak SSE ----------------------------------------
+
+
+def test_strict_accepts_comments_and_the_four_fields():
+    p = SSEParser(strict=True)
+    [ev] = parse(b": hi\nevent: e\nid: 1\nretry: 5\ndata: a\ndata\n\n", p)
+    assert (ev.event, ev.id, ev.retry, ev.data) == ("e", "1", 5, "a\n")
+
+
+@pytest.mark.parametrize("line", [b"<html><body>502 Bad Gateway</body></html>", b'{"error": "no stream"}',
+                                  b"Data: shout", b"data : spaced"])
+def test_strict_rejects_a_line_that_is_not_sse(line):
+    with pytest.raises(SSEError, match="neither a comment nor a field"):
+        SSEParser(strict=True).feed(line + b"\n")
+
+
+def test_strict_rejection_carries_the_events_completed_before_the_line():
+    with pytest.raises(SSEError) as raised:
+        SSEParser(strict=True).feed(b"data: a\n\ndata: b\n\n<html>\ndata: c\n\n")
+    assert datas(raised.value.events) == ["a", "b"]
+
+
+def test_strict_judges_a_line_only_once_it_is_complete():
+    p = SSEParser(strict=True)
+    assert p.feed(b"dat") == []
+    [ev] = p.feed(b"a: a\n\n")
+    assert ev.data == "a"
+
+
 # --- id ---------------------------------------------------------------------
 
 
@@ -370,6 +399,12 @@ def test_incomplete_event_over_max_event_bytes_raises():
 def test_complete_event_over_max_event_bytes_in_one_chunk_raises():
     with pytest.raises(SSEError):
         SSEParser(max_event_bytes=100).feed(b"data: " + b"x" * 100 + b"\n\n")
+
+
+def test_an_oversized_event_error_carries_the_events_completed_before_it():
+    with pytest.raises(SSEError) as raised:
+        SSEParser(max_event_bytes=100).feed(b"data: a\n\n" + b"data: " + b"x" * 200)
+    assert datas(raised.value.events) == ["a"]
 
 
 def test_event_exactly_max_event_bytes_is_accepted():

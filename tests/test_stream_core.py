@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import socket
+import ssl
+
+import aiohttp
 import orjson
 import pytest
 from hypothesis import given
@@ -19,8 +23,10 @@ from gateway.stream_core import (
     UpstreamStream,
     backoff_delay,
     classify_status,
+    not_an_event_stream,
     opening_timeout,
     parse_retry_after,
+    unreachable,
 )
 
 
@@ -84,6 +90,37 @@ def test_an_oversized_event_while_opening_is_a_retryable_failure_not_unbounded_m
     with pytest.raises(AttemptFailed) as failed:
         openai_stream(max_event_bytes=1024).feed_opening(b"data: " + b"x" * 4096)
     assert failed.value.retryable
+    assert failed.value.error.message == "Provider p broke the event stream: an incomplete event exceeds 1024 bytes"
+
+
+def test_an_endless_line_fails_within_one_chunk_past_the_limit() -> None:
+    stream, piece, fed = openai_stream(max_event_bytes=1 << 20), b"x" * 65536, 0
+    with pytest.raises(AttemptFailed):
+        stream.feed_opening(b"data: ")
+        while fed < 64 << 20:  # the 64 MiB the upstream might send
+            stream.feed_opening(piece)
+            fed += len(piece)
+    assert fed <= 1 << 20  # refused at the chunk that crossed the limit: never more held than that
+
+
+@pytest.mark.parametrize("garbage", [b"<html><body>502 Bad Gateway</body></html>\n",
+                                     b'{"error": {"message": "not a stream"}}\n'])
+def test_bytes_that_are_not_sse_while_opening_are_a_retryable_failure(garbage: bytes) -> None:
+    with pytest.raises(AttemptFailed) as failed:
+        openai_stream().feed_opening(ROLE + garbage)
+    assert failed.value.retryable and failed.value.error.code == "upstream_error"
+    assert failed.value.error.message == ("Provider p broke the event stream: a line is neither a comment nor a "
+                                          "field (data, event, id, retry)")
+
+
+@pytest.mark.parametrize("translator", [OpenAIStream, lambda: AnthropicStream("m")], ids=["openai", "anthropic"])
+def test_invalid_json_in_data_while_opening_is_a_retryable_failure(translator: type) -> None:
+    stream = UpstreamStream("p", translator(), TokenStreamRenderer(),
+                            Deadlines(0.0, idle_s=30, heartbeat_s=15, total_at=600, total_s=600))
+    with pytest.raises(AttemptFailed) as failed:
+        stream.feed_opening(b'data: {"choices": [\n\n')
+    assert failed.value.retryable and failed.value.error.code == "upstream_error"
+    assert "not JSON" in failed.value.error.message
 
 
 def test_commit_before_the_stream_is_ready_is_a_phase_error() -> None:
@@ -142,8 +179,35 @@ def test_the_body_ending_without_the_terminator_is_truncated_never_a_clean_end()
 
 
 def test_an_oversized_event_mid_stream_ends_it_with_an_error() -> None:
-    batch = committed(openai_stream(max_event_bytes=1024)).feed(b"data: " + b"x" * 4096, 1.0)
+    stream = committed(openai_stream(max_event_bytes=1024))
+    batch = stream.feed(b"data: " + b"x" * 4096, 1.0)
     assert batch.error is not None and batch.error.code == "upstream_error"
+    assert "exceeds 1024 bytes" in batch.error.message and stream.phase is Phase.ENDED
+
+
+def test_events_before_an_oversized_event_in_the_same_chunk_are_delivered_first() -> None:
+    batch = committed(openai_stream(max_event_bytes=1024)).feed(chunk("lo") + b"data: " + b"x" * 4096, 1.0)
+    assert (batch.data, batch.outputs) == (chunk("lo"), 1)
+    assert batch.error is not None and "exceeds 1024 bytes" in batch.error.message
+
+
+def test_bytes_that_are_not_sse_mid_stream_end_it_after_the_events_before_them() -> None:
+    stream = committed(openai_stream())
+    batch = stream.feed(chunk("lo") + b"<html>\n" + chunk("never"), 1.0)
+    assert (batch.data, batch.outputs) == (chunk("lo"), 1)
+    assert batch.error is not None and batch.error.code == "upstream_error"
+    assert "neither a comment nor a field" in batch.error.message and stream.phase is Phase.ENDED
+
+
+def test_invalid_json_in_data_mid_stream_ends_it_with_an_error() -> None:
+    batch = committed(openai_stream()).feed(chunk("lo") + b"data: {not json\n\n", 1.0)
+    assert batch.data == chunk("lo")
+    assert batch.error is not None and batch.error.code == "upstream_error" and "not JSON" in batch.error.message
+
+
+def test_bytes_after_the_terminator_do_not_spoil_a_clean_end() -> None:
+    batch = committed(openai_stream()).feed(DONE + b"<html>\n", 1.0)
+    assert batch.done and batch.error is None
 
 
 def test_a_broken_connection_ends_the_stream_naming_only_the_exception_type() -> None:
@@ -250,6 +314,40 @@ def test_an_upstream_status_is_retryable_or_final(status: int, code: str, retrya
 def test_the_upstream_error_message_is_quoted_from_its_body() -> None:
     failed = classify_status("p", 500, b'{"error": {"message": "model overloaded"}}', None)
     assert failed.error.message == "Provider p answered 500: model overloaded"
+
+
+@pytest.mark.parametrize("content_type", ["text/event-stream", "text/event-stream; charset=utf-8",
+                                          "Text/Event-Stream", None])
+def test_an_event_stream_or_an_unlabelled_body_may_be_read(content_type: str | None) -> None:
+    assert not_an_event_stream("p", content_type) is None
+
+
+@pytest.mark.parametrize(("content_type", "shown"), [("text/html; charset=utf-8", "text/html"),
+                                                     ("application/json", "application/json"),
+                                                     ("", "an empty Content-Type")])
+def test_a_200_that_is_not_an_event_stream_is_a_retryable_failure(content_type: str, shown: str) -> None:
+    failed = not_an_event_stream("p", content_type)
+    assert failed is not None and failed.retryable and failed.error.code == "upstream_error"
+    assert failed.error.message == f"Provider p answered 200 with {shown}, not text/event-stream"
+
+
+# Exception text the gateway must never repeat: aiohttp's carries the connection key (host, proxy auth).
+LEAKY = "proxy_auth=BasicAuth(login='u', password='sk-proxy-secret')"
+
+
+@pytest.mark.parametrize(("exc", "kind"), [
+    (aiohttp.ClientConnectorError(None, socket.gaierror(-2, LEAKY)), "DNS lookup failed"),
+    (aiohttp.ClientConnectorCertificateError(None, ssl.SSLCertVerificationError(1, LEAKY)),
+     "TLS handshake failed: certificate not trusted"),
+    (aiohttp.ClientConnectorSSLError(None, ssl.SSLError(1, LEAKY)), "TLS handshake failed"),
+    (aiohttp.ClientConnectorError(None, ConnectionRefusedError(111, LEAKY)),
+     "connection refused"),
+    (aiohttp.ServerDisconnectedError(LEAKY), "ServerDisconnectedError"),
+], ids=["dns", "tls-certificate", "tls", "refused", "other"])
+def test_a_connection_failure_is_retryable_and_named_by_kind_never_by_its_text(exc: Exception, kind: str) -> None:
+    failed = unreachable("p", exc)
+    assert failed.retryable and failed.error.code == "upstream_unreachable" and failed.error.status == 502
+    assert failed.error.message == f"Could not reach provider p: {kind}"
 
 
 def test_retry_after_seconds_are_read_and_an_http_date_is_ignored() -> None:

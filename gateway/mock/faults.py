@@ -12,7 +12,13 @@ _CUTS: Final = {
     "truncate_after": "truncate",
     "error_after": "error",
     "stall_after": "stall",
+    "garbage_after": "garbage",
+    "bad_json_after": "bad_json",
+    "endless_after": "endless",
 }
+# Effectively endless, yet finite: a relay that buffered it all would fail a
+# test instead of taking the machine down.
+ENDLESS_BYTES: Final = 1 << 30
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,9 +26,12 @@ class Fault:
     status: int | None = None
     retry_after: str | None = None
     stall_headers: bool = False
-    cut: str | None = None  # drop | truncate | error | stall, after `cut_after` tokens
+    # drop | truncate | error | stall | garbage | bad_json | endless, after `cut_after` tokens
+    cut: str | None = None
     cut_after: int = 0
     omit_usage: bool = False
+    endless_bytes: int = ENDLESS_BYTES  # how long the endless line runs before the body ends
+    content_type: str | None = None  # the stream's Content-Type instead of text/event-stream
 
 
 NO_FAULT: Final = Fault()
@@ -50,8 +59,9 @@ def parse_fault(spec: str) -> tuple[Fault, int | None, str]:
             raise ValueError(f"X-Mock-Fault: {part.strip()!r} is not key=value")
         fields[key.strip()] = value.strip()
 
-    status = retry_after = cut = None
+    status = retry_after = cut = content_type = None
     cut_after = 0
+    endless_bytes = ENDLESS_BYTES
     stall_headers = omit_usage = False
     times: int | None = None
     counter_key = ""
@@ -73,6 +83,12 @@ def parse_fault(spec: str) -> tuple[Fault, int | None, str]:
             if cut is not None:
                 raise ValueError("X-Mock-Fault: at most one of " + ", ".join(_CUTS))
             cut, cut_after = "stall", 0
+        elif key == "endless_bytes":
+            endless_bytes = _nonneg_int(key, value)
+        elif key == "content_type":
+            if not value:
+                raise ValueError("content_type: empty")
+            content_type = value
         elif key == "omit_usage":
             omit_usage = value not in ("", "0", "false")
         elif key == "times":
@@ -81,7 +97,9 @@ def parse_fault(spec: str) -> tuple[Fault, int | None, str]:
             counter_key = value
         else:
             raise ValueError(f"X-Mock-Fault: unknown {key}={value}")
-    fault = Fault(status, retry_after, stall_headers, cut, cut_after, omit_usage)
+    fault = Fault(status=status, retry_after=retry_after, stall_headers=stall_headers, cut=cut,
+                  cut_after=cut_after, omit_usage=omit_usage, endless_bytes=endless_bytes,
+                  content_type=content_type)
     return fault, times, counter_key
 
 

@@ -19,6 +19,10 @@ from .state import STATE
 # handler_cancellation, which is a runner setting the app cannot enforce.
 _POLL_S: Final = 0.005
 STALL_S: Final = 3600.0
+# What a broken proxy or server puts where the stream should be: no SSE field
+# in it (the lines have no `data:`), so a WHATWG parser would skip it silently.
+_GARBAGE: Final = b"<html><head><title>502 Bad Gateway</title></head>\n<body>upstream hiccup</body></html>\n"
+_ENDLESS_PIECE: Final = b"x" * 65536
 
 
 class Stop(Exception):
@@ -64,24 +68,26 @@ class _Out:
     """Writes stream bytes, optionally in K-byte pieces so events (and UTF-8
     characters) arrive split across TCP segments."""
 
-    __slots__ = ("_resp", "_chunk")
+    __slots__ = ("_resp", "_chunk", "_record")
 
-    def __init__(self, resp: web.StreamResponse, chunk_bytes: int) -> None:
+    def __init__(self, resp: web.StreamResponse, chunk_bytes: int, record: dict[str, Any]) -> None:
         self._resp = resp
         self._chunk = chunk_bytes
+        self._record = record
 
     async def send(self, data: bytes) -> None:
         try:
             if not self._chunk:
                 await self._resp.write(data)
-                return
-            for start in range(0, len(data), self._chunk):
-                await self._resp.write(data[start : start + self._chunk])
-                # Yield so each piece leaves in its own send() instead of the
-                # loop coalescing them (TCP_NODELAY is on for aiohttp sockets).
-                await asyncio.sleep(0)
+            else:
+                for start in range(0, len(data), self._chunk):
+                    await self._resp.write(data[start : start + self._chunk])
+                    # Yield so each piece leaves in its own send() instead of the
+                    # loop coalescing them (TCP_NODELAY is on for aiohttp sockets).
+                    await asyncio.sleep(0)
         except ConnectionError as exc:
             raise Stop("client_closed") from exc
+        self._record["bytes_sent"] += len(data)
 
 
 async def _flush(request: web.Request) -> None:
@@ -101,11 +107,12 @@ async def stream_job(
     chunk_bytes: int,
     record: dict[str, Any],
 ) -> web.StreamResponse:
-    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+    content_type = fault.content_type or "text/event-stream"
+    resp = web.StreamResponse(headers={"Content-Type": content_type, "Cache-Control": "no-cache"})
     await resp.prepare(request)  # a StreamResponse sends its headers right away
     record["status"] = 200
     try:
-        await _emit(request, _Out(resp, chunk_bytes), dialect, job, fault, delays, record)
+        await _emit(request, _Out(resp, chunk_bytes, record), dialect, job, fault, delays, record)
     except Stop as stop:
         record["outcome"] = stop.outcome
     # aiohttp ends the chunked body after the handler: cleanly for a finished
@@ -151,9 +158,30 @@ async def _emit(
     elif fault.cut == "error":
         await out.send(dialect.error_event(job))
         record["outcome"] = "error_event"
+    elif fault.cut == "garbage":
+        await out.send(_GARBAGE.replace(b"\n", job.eol))  # then the body ends
+        record["outcome"] = "garbage"
+    elif fault.cut == "bad_json":
+        await out.send(b'data: {"choices": [' + job.eol + job.eol)  # then the body ends
+        record["outcome"] = "bad_json"
+    elif fault.cut == "endless":
+        await _endless_line(request, out, fault.endless_bytes)
+        record["outcome"] = "endless"
     else:
         record["outcome"] = "stalled"
         await sleep_or_stop(request, STALL_S)
+
+
+async def _endless_line(request: web.Request, out: _Out, total: int) -> None:
+    """`data: ` and `total` more bytes with no line ending, as fast as the reader takes them
+    (each write waits for the transport to drain), until the reader leaves."""
+    await out.send(b"data: ")
+    sent = 0
+    while sent < total:
+        await sleep_or_stop(request, 0)  # the reader left, or the app is closing
+        piece = _ENDLESS_PIECE[: total - sent]
+        await out.send(piece)
+        sent += len(piece)
 
 
 async def complete_job(
@@ -166,8 +194,9 @@ async def complete_job(
 ) -> web.StreamResponse:
     """Non-streaming: wait as long as generating the tokens would take, then
     answer. Cuts have no stream to cut: drop/truncate close the connection
-    with no response, error answers with the dialect's error status, and any
-    stall never sends headers."""
+    with no response, error answers with the dialect's error status, any
+    stall never sends headers, garbage/bad_json answer 200 with a body that is
+    not JSON, and endless answers 200 with `endless_bytes` of it."""
     first_s, inter_s = delays
     n = min(fault.cut_after, job.tokens) if fault.cut else job.tokens
     await sleep_or_stop(request, first_s + inter_s * max(n - 1, 0))
@@ -184,6 +213,20 @@ async def complete_job(
         status = dialect.stream_error_status()
         record["outcome"], record["status"] = "status", status
         return error_response(dialect, status, "Overloaded" if status == 529 else "The server had an error")
+    if fault.cut in ("garbage", "bad_json"):
+        record["outcome"], record["status"] = fault.cut, 200
+        return web.Response(body=_GARBAGE, content_type="application/json")
+    if fault.cut == "endless":
+        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await resp.prepare(request)
+        record["status"] = 200
+        try:
+            await _endless_line(request, _Out(resp, 0, record), fault.endless_bytes)
+        except Stop as stop:
+            record["outcome"] = stop.outcome
+        else:
+            record["outcome"] = "endless"
+        return resp
     record["outcome"] = "stalled"
     await sleep_or_stop(request, STALL_S)
     return web.Response(status=504)

@@ -1,4 +1,4 @@
-"""The mock's aiohttp app: routes, request records, turning a request into a Job, and start_mock."""
+"""The mock's aiohttp app: routes, turning a request into a Job, and start_mock."""
 
 from __future__ import annotations
 
@@ -23,15 +23,17 @@ from .playback import (
     sleep_or_stop,
     stream_job,
 )
+from .records import Recorder, RecordLimits, key_status
 from .state import STATE, State
 
 _MODELS: Final = ("mock-1",)
-# Frozen, so one shared instance is a safe argument default.
+# Frozen, so shared instances are safe argument defaults.
 _DEFAULT_PROFILE: Final = MockProfile()
+_DEFAULT_LIMITS: Final = RecordLimits()
 
 
 async def _serve(
-    request: web.Request, dialect: Dialect, profile_name: str, record: dict[str, Any]
+    request: web.Request, dialect: Dialect, profile_name: str, raw: bytes, record: dict[str, Any]
 ) -> web.StreamResponse:
     state = request.app[STATE]
 
@@ -40,12 +42,11 @@ async def _serve(
         return error_response(dialect, status, message, retry_after)
 
     try:
-        body = orjson.loads(await request.read())
+        body = orjson.loads(raw)
     except orjson.JSONDecodeError:
         return reject(400, "request body is not valid JSON")
     if not isinstance(body, dict):
         return reject(400, "request body must be a JSON object")
-    record["body"] = body
 
     if problem := dialect.precheck(request.headers):
         return reject(400, problem)
@@ -59,9 +60,11 @@ async def _serve(
 
     # The app-wide key always applies; the header one is scoped like a fault,
     # so a test can make only the primary provider reject the gateway's key.
-    for required in (state.require_api_key, request.headers.get("X-Mock-Require-Key") if scoped else None):
-        if required is not None and dialect.api_key(request.headers) != required:
-            return reject(401, "Invalid API key")
+    required = [k for k in (state.require_api_key, request.headers.get("X-Mock-Require-Key") if scoped else None)
+                if k is not None]
+    record["api_key"] = key_status(dialect.api_key(request.headers), required)
+    if required and record["api_key"] != "matched":
+        return reject(401, "Invalid API key")
 
     if not scoped:
         fault = NO_FAULT
@@ -101,23 +104,12 @@ async def _serve(
 async def _handle(request: web.Request, dialect: Dialect) -> web.StreamResponse:
     state = request.app[STATE]
     profile_name = request.match_info.get("profile", "default")
-    record: dict[str, Any] = {
-        "id": state.next_id,
-        "dialect": dialect.name,
-        "profile": profile_name,
-        "path": request.path,
-        "headers": {name.lower(): value for name, value in request.headers.items()},
-        "body": None,
-        "started": time.time(),
-        "ended": None,
-        "outcome": None,
-        "status": None,
-        "tokens_sent": 0,
-    }
+    raw = await request.read()
+    record = state.recorder.start(state.next_id, dialect.name, profile_name, request.path, request.headers, raw)
+    record["started"] = time.time()
     state.next_id += 1
-    state.records.append(record)
     try:
-        return await _serve(request, dialect, profile_name, record)
+        return await _serve(request, dialect, profile_name, raw, record)
     except Stop as stop:
         # Stopped before any headers went out (a stream catches its own).
         record["outcome"] = stop.outcome
@@ -149,12 +141,12 @@ async def _models(request: web.Request) -> web.Response:
 
 
 async def _get_records(request: web.Request) -> web.Response:
-    return json_response(list(request.app[STATE].records))
+    return json_response(request.app[STATE].recorder.records())
 
 
 async def _reset_records(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    state.records.clear()
+    state.recorder.clear()
     state.fault_counts.clear()
     return json_response([])
 
@@ -169,15 +161,22 @@ def build_mock_app(
     profiles: Mapping[str, MockProfile] | None = None,
     default: MockProfile = _DEFAULT_PROFILE,
     require_api_key: str | None = None,
+    *,
+    record_requests: bool = False,
+    record_limits: RecordLimits = _DEFAULT_LIMITS,
 ) -> web.Application:
+    """The mock as an aiohttp app. `record_requests` serves `/_mock/requests`; without
+    it the mock keeps no record of anything and that path is a 404."""
     app = web.Application()
-    app[STATE] = State(profiles=dict(profiles or {}), default=default, require_api_key=require_api_key)
+    app[STATE] = State(profiles=dict(profiles or {}), default=default, require_api_key=require_api_key,
+                       recorder=Recorder(record_requests, record_limits))
     for prefix in ("", "/{profile}"):
         app.router.add_post(prefix + "/v1/chat/completions", _chat_completions)
         app.router.add_post(prefix + "/v1/messages", _messages)
         app.router.add_get(prefix + "/v1/models", _models)
-    app.router.add_get("/_mock/requests", _get_records)
-    app.router.add_delete("/_mock/requests", _reset_records)
+    if record_requests:
+        app.router.add_get("/_mock/requests", _get_records)
+        app.router.add_delete("/_mock/requests", _reset_records)
     app.on_shutdown.append(_on_shutdown)
     return app
 
@@ -188,12 +187,15 @@ async def start_mock(
     profiles: Mapping[str, MockProfile] | None = None,
     default: MockProfile = _DEFAULT_PROFILE,
     require_api_key: str | None = None,
+    *,
+    record_requests: bool = False,
 ) -> tuple[web.AppRunner, int]:
     """Serve the mock on host:port (0 picks a free port); returns the runner,
     which the caller cleans up, and the bound port. Use a literal address
     (127.0.0.1): a name resolving to several addresses binds each to its own
     free port and only the first is returned."""
-    runner = web.AppRunner(build_mock_app(profiles, default, require_api_key))
+    app = build_mock_app(profiles, default, require_api_key, record_requests=record_requests)
+    runner = web.AppRunner(app)
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port).start()
