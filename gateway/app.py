@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import aiohttp_cors
@@ -19,12 +19,12 @@ import orjson
 from aiohttp import web
 
 from .config import Config
-from .endpoints import ENDPOINTS, Endpoint
+from .endpoints import BY_PATH, ENDPOINTS, Endpoint
 from .errors import GatewayError, Scrubber, invalid_request
 from .metrics import Metrics
 from .record import RequestLog, RequestRecord
 from .relay import Dispatch, stream_response, unary_response
-from .routing import ARM_OVERRIDE_HEADER, UserKey, pick_user_key, plan
+from .routing import ARM_OVERRIDE_HEADER, pick_user_key, plan
 from .upstreams import Upstreams
 
 CONFIG = web.AppKey("config", Config)
@@ -92,18 +92,19 @@ async def _provider_sessions(app: web.Application) -> AsyncIterator[None]:
 
 # --- errors ------------------------------------------------------------------
 
-def error_response(error: GatewayError, headers: dict[str, str] | None = None) -> web.Response:
+def error_response(error: GatewayError, headers: dict[str, str] | None = None,
+                   body: Callable[[GatewayError], bytes] = GatewayError.json) -> web.Response:
     headers = dict(headers or {})
     if error.retry_after is not None:
         headers["Retry-After"] = str(max(1, round(error.retry_after)))
-    return web.Response(status=error.status, body=error.json(), content_type="application/json",
+    return web.Response(status=error.status, body=body(error), content_type="application/json",
                         headers=headers)
 
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
                            ) -> web.StreamResponse:
-    """Every error leaves in the OpenAI error shape; never a stack trace."""
+    """Every error leaves in its endpoint's error shape (the OpenAI one off the table); never a stack trace."""
     try:
         return await handler(request)
     except web.HTTPException as exc:
@@ -113,7 +114,9 @@ async def error_middleware(request: web.Request, handler: Callable[[web.Request]
         message = {404: f"No endpoint {request.method} {request.path}",
                    405: f"Method {request.method} is not allowed on {request.path}"}.get(exc.status, exc.reason)
         keep = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
-        return error_response(GatewayError(exc.status, code, message), keep)
+        endpoint = BY_PATH.get(request.path)
+        return error_response(GatewayError(exc.status, code, message), keep,
+                              endpoint.error_body if endpoint else GatewayError.json)
 
 
 # --- handlers ----------------------------------------------------------------
@@ -159,25 +162,25 @@ async def _handle(request: web.Request, endpoint: Endpoint) -> web.StreamRespons
     in_flight.inc()
     try:
         chat = endpoint.parse(await _read_json(request))
-        model = chat.setdefault("model", config.default_model())
-        record.requested(model, bool(chat.get("stream")))
-        route = plan(config, model, _user_key(request, chat), request.headers.get(ARM_OVERRIDE_HEADER))
+        model = chat.model or config.default_model()
+        record.requested(model, chat.stream)
+        user = pick_user_key(chat.user, request.headers.get("X-User-Id"), client_key(request.headers))
+        route = plan(config, model, user, request.headers.get(ARM_OVERRIDE_HEADER))
         record.routed(route.arm.name, route.user_key_hash, route.user.source)
         headers["X-Gateway-Arm"] = route.arm.name
         dispatch = Dispatch(app[UPSTREAMS], record, chat, route, deadline=record.started + route.total_s,
-                            heartbeat_s=config.server.heartbeat_s,
-                            forward={k.lower(): v for k, v in request.headers.items()})
+                            heartbeat_s=config.server.heartbeat_s, forward=_forwardable(request.headers))
         if record.stream:
             return await stream_response(dispatch, request, endpoint.renderer(chat), headers)
         return await unary_response(dispatch, headers)
     except GatewayError as exc:
-        return error_response(record.failed(exc), headers)
+        return error_response(record.failed(exc), headers, endpoint.error_body)
     except asyncio.CancelledError:
         # The client went away (aiohttp cancels the handler: handler_cancellation).
         record.disconnected()
         raise
     except Exception as exc:  # a bug: reported generically; the log gets the type, never a trace
-        return error_response(record.crashed(exc), headers)
+        return error_response(record.crashed(exc), headers, endpoint.error_body)
     finally:
         _finish(app, record)
         in_flight.dec()
@@ -189,10 +192,24 @@ def _finish(app: web.Application, record: RequestRecord) -> None:
     app[METRICS].observe(record)
 
 
-def _user_key(request: web.Request, chat: dict[str, Any]) -> UserKey:
-    auth = request.headers.get("Authorization", "")
-    api_key = auth[7:].strip() if auth.lower().startswith("bearer ") else None
-    return pick_user_key(chat.get("user"), request.headers.get("X-User-Id"), api_key)
+def client_key(headers: Mapping[str, str]) -> str | None:
+    """The key the client presented: `Authorization: Bearer` (OpenAI clients) or `x-api-key`
+    (Anthropic clients). Read here and only here, so gateway keys have one place to check it;
+    until then it is accepted, never checked, and only ever used as a sticky user key."""
+    auth = headers.get("Authorization", "")
+    if auth.lower().startswith("bearer "):
+        return auth[7:].strip() or None
+    return headers.get("x-api-key") or None
+
+
+# The client's credentials for the gateway are never a provider's: providers get the gateway's own
+# key, even when a provider's `forward_headers` prefix would match these.
+_NEVER_FORWARDED = frozenset({"authorization", "x-api-key"})
+
+
+def _forwardable(headers: Mapping[str, str]) -> dict[str, str]:
+    """The client's headers that a provider's `forward_headers` may pass on, lower-case."""
+    return {k.lower(): v for k, v in headers.items() if k.lower() not in _NEVER_FORWARDED}
 
 
 async def _read_json(request: web.Request) -> Any:

@@ -13,12 +13,12 @@ It knows nothing of sockets, timing or accounting.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Protocol
 
 import orjson
 
 from .errors import GatewayError
-from .providers import Piece, Usage
+from .providers import ChatRequest, Piece, Usage
 from .sse import encode_event
 
 
@@ -36,13 +36,13 @@ class ChatCompletionsRenderer:
         self.include_usage = include_usage
 
     @classmethod
-    def for_request(cls, chat: dict[str, Any]) -> ChatCompletionsRenderer:
-        return cls(bool((chat.get("stream_options") or {}).get("include_usage")))
+    def for_request(cls, request: ChatRequest) -> ChatCompletionsRenderer:
+        return cls(bool((request.body.get("stream_options") or {}).get("include_usage")))
 
     def render(self, piece: Piece) -> bytes | None:
         if piece.usage_only and not self.include_usage:
             return None  # the gateway asked for usage for its own accounting; the client did not
-        return piece.openai_sse
+        return piece.sse
 
     def error(self, error: GatewayError) -> bytes:
         return encode_event(error.json())  # the OpenAI SDKs raise APIError on it
@@ -55,7 +55,7 @@ class TokenStreamRenderer:
     """The browser stream: `data: {"token": ...}` events, then `event: done` (or `event: error`)."""
 
     @classmethod
-    def for_request(cls, chat: dict[str, Any]) -> TokenStreamRenderer:
+    def for_request(cls, request: ChatRequest) -> TokenStreamRenderer:
         return cls()
 
     def render(self, piece: Piece) -> bytes | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from .errors import invalid_request
+from .providers import ChatRequest
 
 ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
 
@@ -49,13 +50,17 @@ def _messages(value: Any) -> list[dict[str, Any]]:
     return value
 
 
-def parse_chat_request(body: Any) -> dict[str, Any]:
+def parse_chat_request(body: Any) -> ChatRequest:
     """An OpenAI Chat Completions request body."""
     if not isinstance(body, dict):
         raise invalid_request("The request body must be a JSON object")
     if not isinstance(body.get("model"), str) or not body["model"]:
         raise invalid_request("model is required and must be a string", "model")
-    return _chat_fields(body)
+    return _openai_request(_chat_fields(body))
+
+
+def _openai_request(chat: dict[str, Any]) -> ChatRequest:
+    return ChatRequest("openai", chat, chat.get("model"), bool(chat.get("stream")), chat.get("user"))
 
 
 def _chat_fields(body: dict[str, Any]) -> dict[str, Any]:
@@ -85,7 +90,7 @@ def _chat_fields(body: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
-def parse_stream_chat_request(body: Any) -> dict[str, Any]:
+def parse_stream_chat_request(body: Any) -> ChatRequest:
     """The browser stream: `{"prompt": "..."}` or `{"messages": [...]}`, optional model and user.
     Without a model, the caller routes to the configured default."""
     if not isinstance(body, dict):
@@ -109,4 +114,4 @@ def parse_stream_chat_request(body: Any) -> dict[str, Any]:
     for key in ("user", "max_tokens", "temperature"):
         if body.get(key) is not None:
             chat[key] = body[key]
-    return _chat_fields(chat)
+    return _openai_request(_chat_fields(chat))

@@ -17,7 +17,7 @@ import orjson
 from ..config import Provider
 from ..errors import invalid_request
 from ..sse import DONE, Event, encode_event
-from . import Completion, Piece, UpstreamRequest, Usage, message_text, output_piece
+from . import ChatRequest, Completion, Piece, UpstreamRequest, Usage, message_text, output_piece
 
 FINISH_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length",
                   "tool_use": "tool_calls", "refusal": "content_filter"}
@@ -99,7 +99,7 @@ class AnthropicStream:
             usage = message.get("usage") or {}
             # output_tokens here is a running placeholder; the count comes with message_delta.
             self.usage = Usage(usage.get("input_tokens"), None)
-            return [Piece(openai_sse=self._chunk({"role": "assistant", "content": ""}))]
+            return [Piece(sse=self._chunk({"role": "assistant", "content": ""}))]
         if kind == "message_delta":
             usage = data.get("usage") or {}
             if usage.get("output_tokens") is not None:
@@ -107,10 +107,10 @@ class AnthropicStream:
             if usage.get("input_tokens") is not None:
                 self.usage.prompt_tokens = usage["input_tokens"]
             reason = str((data.get("delta") or {}).get("stop_reason"))
-            return [Piece(openai_sse=self._chunk({}, FINISH_REASONS.get(reason, "stop")))]
+            return [Piece(sse=self._chunk({}, FINISH_REASONS.get(reason, "stop")))]
         if kind == "message_stop":
-            pieces = [Piece(openai_sse=self._usage_chunk(), usage_only=True)] if self.usage.known else []
-            return pieces + [Piece(openai_sse=DONE, done=True)]
+            pieces = [Piece(sse=self._usage_chunk(), usage_only=True)] if self.usage.known else []
+            return pieces + [Piece(sse=DONE, done=True)]
         if kind == "error":
             err = data.get("error") or {}
             return [Piece(error=f"upstream error: {err.get('type', 'error')}: {err.get('message', '')}")]
@@ -120,19 +120,19 @@ class AnthropicStream:
 class AnthropicDialect:
     name = "anthropic"
 
-    def build_request(self, provider: Provider, model: str, chat: dict[str, Any],
+    def build_request(self, provider: Provider, model: str, request: ChatRequest,
                       stream: bool) -> UpstreamRequest:
         headers = {"Content-Type": "application/json", "anthropic-version": provider.anthropic_version,
                    "Accept": "text/event-stream" if stream else "application/json"}
         if provider.api_key:
             headers["x-api-key"] = provider.api_key
-        body = to_messages_body(provider, model, chat, stream)
+        body = to_messages_body(provider, model, request.body, stream)
         return UpstreamRequest(f"{provider.base_url}/v1/messages", headers, orjson.dumps(body))
 
-    def stream_translator(self, model: str) -> AnthropicStream:
+    def stream_translator(self, model: str, client: str) -> AnthropicStream:
         return AnthropicStream(model)
 
-    def parse_completion(self, body: bytes, model: str) -> Completion:
+    def parse_completion(self, body: bytes, model: str, client: str) -> Completion:
         data = orjson.loads(body)
         text = "".join(b.get("text", "") for b in data.get("content") or [] if b.get("type") == "text")
         usage = data.get("usage") or {}
