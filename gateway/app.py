@@ -3,7 +3,7 @@
     >>> from gateway.config import load_config
     >>> app = build_app(load_config())
     >>> sorted(r.resource.canonical for r in app.router.routes() if r.method == "POST")
-    ['/v1/chat/completions', '/v1/stream/chat']
+    ['/v1/chat/completions', '/v1/messages', '/v1/stream/chat']
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ is how the client's body is read, how the answer is written back, and the
 shape its errors take.
 
     >>> [(e.name, e.path) for e in ENDPOINTS]
-    [('chat_completions', '/v1/chat/completions'), ('stream_chat', '/v1/stream/chat')]
+    [('chat_completions', '/v1/chat/completions'), ('stream_chat', '/v1/stream/chat'), ('messages', '/v1/messages')]
 """
 
 from __future__ import annotations
@@ -15,8 +15,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import GatewayError
+from .messages.errors import error_body as anthropic_error_body
+from .messages.request import parse_messages_request
 from .providers import ChatRequest
-from .renderers import ChatCompletionsRenderer, Renderer, TokenStreamRenderer
+from .renderers import ChatCompletionsRenderer, MessagesRenderer, Renderer, TokenStreamRenderer
 from .validation import parse_chat_request, parse_stream_chat_request
 
 
@@ -34,6 +36,8 @@ ENDPOINTS = (
              GatewayError.json),
     Endpoint("stream_chat", "/v1/stream/chat", parse_stream_chat_request, TokenStreamRenderer.for_request,
              GatewayError.json),
+    Endpoint("messages", "/v1/messages", parse_messages_request, MessagesRenderer.for_request,
+             anthropic_error_body),
 )
 
 BY_PATH = {endpoint.path: endpoint for endpoint in ENDPOINTS}

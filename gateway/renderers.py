@@ -18,6 +18,7 @@ from typing import Protocol
 import orjson
 
 from .errors import GatewayError
+from .messages.errors import error_event
 from .providers import ChatRequest, Piece, Usage
 from .sse import encode_event
 
@@ -69,3 +70,21 @@ class TokenStreamRenderer:
             "usage": {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens},
             "ttft_ms": ttft_ms, "latency_ms": latency_ms,
         }), event="done")
+
+
+class MessagesRenderer:
+    """Anthropic Messages events, as the piece carries them: the upstream's raw bytes from an
+    Anthropic provider, translated events from any other; a failure as an `error` event."""
+
+    @classmethod
+    def for_request(cls, request: ChatRequest) -> MessagesRenderer:
+        return cls()
+
+    def render(self, piece: Piece) -> bytes | None:
+        return piece.sse
+
+    def error(self, error: GatewayError) -> bytes:
+        return error_event(error)  # the anthropic SDKs raise APIStatusError on it
+
+    def closing(self, usage: Usage, *, ttft_ms: float | None, latency_ms: float) -> bytes:
+        return b""  # `message_stop` is the stream's own end, already rendered

@@ -10,6 +10,7 @@ from __future__ import annotations
 import orjson
 
 from ..config import Provider
+from ..errors import invalid_request
 from ..sse import Event
 from . import ChatRequest, Completion, Piece, UpstreamRequest, Usage, message_text, output_piece
 
@@ -49,6 +50,9 @@ class OpenAIDialect:
 
     def build_request(self, provider: Provider, model: str, request: ChatRequest,
                       stream: bool) -> UpstreamRequest:
+        if request.dialect != "openai":
+            raise invalid_request(f"Provider {provider.name} speaks Chat Completions; Messages requests "
+                                  "cannot be translated for it yet", "model")
         chat = request.body
         body = dict(chat, model=model, stream=stream)
         if stream:
