@@ -122,9 +122,16 @@ async def error_middleware(request: web.Request, handler: Callable[[web.Request]
 # --- handlers ----------------------------------------------------------------
 
 async def models(request: web.Request) -> web.Response:
-    data = [{"id": name, "object": "model", "created": 0, "owned_by": "gateway"}
-            for name in request.app[CONFIG].public_models()]
-    return web.json_response({"object": "list", "data": data}, dumps=lambda o: orjson.dumps(o).decode())
+    """The routes, in a shape both SDKs read: OpenAI's list (`object`, `created`, `owned_by`) and
+    Anthropic's page (`type`, `display_name`, `created_at`, `has_more`). Each ignores the other's
+    fields. A route has no release date: both dates are the epoch, as Anthropic does for an unknown one.
+    The whole list is one page, whatever `limit` asks."""
+    names = request.app[CONFIG].public_models()
+    data = [{"id": name, "object": "model", "created": 0, "owned_by": "gateway",
+             "type": "model", "display_name": name, "created_at": "1970-01-01T00:00:00Z"} for name in names]
+    page = {"object": "list", "data": data, "has_more": False,
+            "first_id": names[0] if names else None, "last_id": names[-1] if names else None}
+    return web.json_response(page, dumps=lambda o: orjson.dumps(o).decode())
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -7,12 +7,15 @@ one they are translated. Either way the SDK must not be able to tell.
 from __future__ import annotations
 
 import textwrap
+import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import anthropic
+import openai
 import orjson
 import pytest
 
@@ -30,10 +33,9 @@ SHORT = "timeouts = { connect_s = 1, first_token_s = 0.5, idle_s = 0.6, total_s 
 RETRY = "retry = { attempts = 2, backoff_base_ms = 10, backoff_cap_ms = 100 }"
 
 
-@pytest.fixture(scope="module")
-def gw(mock_upstream: Process, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    mock = mock_upstream.url
-    text = textwrap.dedent(f"""
+def messages_config(mock: str) -> str:
+    """Claude (Anthropic dialect) and DeepSeek (OpenAI dialect) as mock profiles, alone and as a fallback chain."""
+    return textwrap.dedent(f"""
         [server]
         host = "127.0.0.1"
         port = 0
@@ -41,6 +43,14 @@ def gw(mock_upstream: Process, tmp_path_factory: pytest.TempPathFactory) -> Iter
         [providers.an]
         dialect = "anthropic"
         base_url = "{mock}/an"
+        api_key_env = "MESSAGES_TEST_KEY"
+        forward_headers = ["x-mock-"]
+        {SHORT}
+        {RETRY}
+
+        [providers.oa]
+        dialect = "openai"
+        base_url = "{mock}/oa/v1"
         api_key_env = "MESSAGES_TEST_KEY"
         forward_headers = ["x-mock-"]
         {SHORT}
@@ -55,14 +65,33 @@ def gw(mock_upstream: Process, tmp_path_factory: pytest.TempPathFactory) -> Iter
         [routes.claude]
         arms = [{{ name = "only", provider = "an", model = "claude-mock", weight = 100 }}]
 
+        [routes.deepseek]
+        arms = [{{ name = "only", provider = "oa", model = "deepseek-mock", weight = 100 }}]
+
+        [routes.claude-then-deepseek]
+        arms = [{{ name = "only", provider = "an", model = "claude-mock", weight = 100 }}]
+        fallback = [{{ provider = "oa", model = "deepseek-mock" }}]
+
         [routes.leaky]
         arms = [{{ name = "only", provider = "leaky", model = "claude-mock", weight = 100 }}]
 
         [pricing.claude-mock]
         input_per_mtok = 3.0
         output_per_mtok = 15.0
+
+        [pricing.deepseek-mock]
+        input_per_mtok = 0.28
+        output_per_mtok = 0.42
         """)
-    gateway = start_gateway(tmp_path_factory.mktemp("messages"), text, env={"MESSAGES_TEST_KEY": PROVIDER_KEY})
+
+
+def start_messages_gateway(mock: Process, tmp: Path) -> Gateway:
+    return start_gateway(tmp, messages_config(mock.url), env={"MESSAGES_TEST_KEY": PROVIDER_KEY})
+
+
+@pytest.fixture(scope="module")
+def gw(mock_upstream: Process, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    gateway = start_messages_gateway(mock_upstream, tmp_path_factory.mktemp("messages"))
     yield gateway
     gateway.stop()
 
@@ -172,3 +201,116 @@ async def test_a_request_without_anthropic_version_is_served(gw: Gateway) -> Non
     # The SDKs always send it; curl users may not. The gateway speaks one version either way.
     status, body = await post(f"{gw.url}/v1/messages", BODY)
     assert status == 200 and orjson.loads(body)["type"] == "message"
+
+
+# --- an OpenAI-compatible provider: translated both ways ----------------------------------------------
+
+def test_sdk_create_against_an_openai_provider(gw: Gateway, request_id: str) -> None:
+    message = client(gw).messages.create(model="deepseek", max_tokens=100, system=SYSTEM, messages=MESSAGES,
+                                         extra_headers=tagged(request_id))
+    assert [block.type for block in message.content] == ["text"]
+    assert message.content[0].type == "text" and message.content[0].text == mock_text(TOKENS)
+    usage = message.usage
+    assert (message.stop_reason, usage.input_tokens, usage.output_tokens) == ("end_turn", PROMPT, TOKENS)
+    assert (message.type, message.role, message.model) == ("message", "assistant", "deepseek-mock")
+    line = gw.log_for(request_id)
+    assert (line["endpoint"], line["provider"], line["outcome"], line["usage_source"]) == (
+        "messages", "oa", "ok", "upstream")
+
+
+def test_sdk_stream_against_an_openai_provider(gw: Gateway, request_id: str) -> None:
+    with client(gw).messages.stream(model="deepseek", max_tokens=5, system=SYSTEM, messages=MESSAGES,
+                                    extra_headers=tagged(request_id)) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert text == mock_text(5)
+    assert (final.stop_reason, final.usage.input_tokens, final.usage.output_tokens) == ("max_tokens", PROMPT, 5)
+    line = gw.log_for(request_id)
+    assert (line["endpoint"], line["provider"], line["outcome"], line["completion_tokens"]) == (
+        "messages", "oa", "ok", 5)
+    assert line["cost_usd"] == pytest.approx((PROMPT * 0.28 + 5 * 0.42) / 1e6)
+
+
+def test_sdk_stream_events_from_an_openai_provider_are_anthropics_sequence(gw: Gateway) -> None:
+    with client(gw).messages.stream(model="deepseek", max_tokens=3, messages=MESSAGES) as stream:
+        kinds = [event.type for event in stream]
+    # The SDK adds its own `text` events (one per delta) to the wire events.
+    assert [k for k in kinds if k != "text"] == [
+        "message_start", "content_block_start", "content_block_delta", "content_block_delta",
+        "content_block_delta", "content_block_stop", "message_delta", "message_stop"]
+
+
+async def test_an_openai_provider_gets_the_request_in_chat_completions_form(
+        gw: Gateway, mock_upstream: Process, request_id: str) -> None:
+    await post(f"{gw.url}/v1/messages", {**BODY, "model": "deepseek", "stream": True}, tagged(request_id))
+    [upstream] = mock_upstream.mock_records(request_id)
+    assert upstream["path"] == "/oa/v1/chat/completions"
+    assert upstream["body"] == {
+        "messages": [{"role": "system", "content": SYSTEM}, *MESSAGES], "max_tokens": 100, "top_k": 7,
+        "stop": ["\n\nHuman:"], "user": "u-1", "model": "deepseek-mock", "stream": True,
+        "stream_options": {"include_usage": True}}
+    assert upstream["headers"]["authorization"] == f"Bearer {PROVIDER_KEY}"
+
+
+async def test_a_field_chat_completions_cannot_carry_is_refused_only_where_it_must_be(gw: Gateway) -> None:
+    body = {**BODY, "thinking": {"type": "enabled", "budget_tokens": 1024}}
+    status, answer = await post(f"{gw.url}/v1/messages", {**body, "model": "deepseek"})
+    assert status == 400
+    error = orjson.loads(answer)["error"]
+    assert error["type"] == "invalid_request_error" and error["message"].startswith("thinking: ")
+    status, _ = await post(f"{gw.url}/v1/messages", body)  # an Anthropic provider takes it as sent
+    assert status == 200
+
+
+# --- the pace and the fallback ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("route", ["claude", "deepseek"])
+async def test_tokens_arrive_one_event_at_a_time(gw: Gateway, route: str) -> None:
+    reads: list[float] = []
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{gw.url}/v1/messages", json={**BODY, "model": route, "stream": True},
+                                headers={"X-Mock-Inter-Token-Delay-Ms": "50", "X-Mock-Tokens": "10"}) as response:
+            async for chunk in response.content.iter_any():
+                reads += [time.monotonic()] * chunk.count(b'"type":"text_delta"')
+    assert len(reads) == 10
+    # The first token reached the client long before the last one was produced (9 gaps of 50 ms).
+    assert reads[-1] - reads[0] > 9 * 0.05 * 0.5
+    assert len(set(reads)) >= 9  # each delta came in its own read, not in lumps
+
+
+def test_a_fallback_mid_open_from_claude_to_deepseek_is_invisible_to_the_sdk(
+        gw: Gateway, mock_upstream: Process, request_id: str) -> None:
+    # Claude answers 200 and then closes before its first token, twice (its two attempts).
+    headers = tagged(request_id, **{"X-Mock-Fault": "drop_after=0", "X-Mock-Scope": "an"})
+    with client(gw).messages.stream(model="claude-then-deepseek", max_tokens=100, system=SYSTEM,
+                                    messages=MESSAGES, extra_headers=headers) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert text == mock_text(TOKENS)
+    assert (final.stop_reason, final.usage.input_tokens, final.usage.output_tokens) == ("end_turn", PROMPT, TOKENS)
+    assert [(r["path"], r["outcome"]) for r in mock_upstream.mock_records(request_id)] == [
+        ("/an/v1/messages", "dropped"), ("/an/v1/messages", "dropped"), ("/oa/v1/chat/completions", "completed")]
+    line = gw.log_for(request_id)
+    assert (line["outcome"], line["provider"], line["fallback_used"], line["attempts"]) == ("ok", "oa", True, 3)
+    assert line["attempt_errors"] == ["an:upstream_error", "an:upstream_error"]
+
+
+def test_a_non_streamed_fallback_is_invisible_too(gw: Gateway, request_id: str) -> None:
+    headers = tagged(request_id, **{"X-Mock-Fault": "status=529", "X-Mock-Scope": "an"})
+    message = client(gw).messages.create(model="claude-then-deepseek", max_tokens=100, messages=MESSAGES,
+                                         extra_headers=headers)
+    assert message.content[0].type == "text" and message.content[0].text == mock_text(TOKENS)
+    assert gw.log_for(request_id)["provider"] == "oa"
+
+
+# --- GET /v1/models, for both SDKs ----------------------------------------------------------------------
+
+def test_the_anthropic_sdk_lists_the_routes_as_models(gw: Gateway) -> None:
+    models = list(client(gw).models.list())
+    assert [m.id for m in models] == ["claude", "deepseek", "claude-then-deepseek", "leaky"]
+    assert all(m.type == "model" and m.display_name == m.id and m.created_at.year == 1970 for m in models)
+
+
+def test_the_openai_sdk_still_lists_them_too(gw: Gateway) -> None:
+    models = list(openai.OpenAI(base_url=f"{gw.url}/v1", api_key="x", max_retries=0).models.list())
+    assert [(m.id, m.object, m.owned_by) for m in models][0] == ("claude", "model", "gateway")

@@ -1,8 +1,11 @@
 """OpenAI-compatible providers (OpenAI, DeepSeek, any /chat/completions vendor).
 
-The client speaks this dialect too, so stream events are forwarded as the raw
-bytes the upstream sent. Each event is still parsed once, for the text it
-carries and for usage, because the log line needs both.
+For an OpenAI client, stream events are forwarded as the raw bytes the
+upstream sent. Each event is still parsed once, for the text it carries and
+for usage, because the log line needs both.
+
+A Messages client's request is translated to Chat Completions and the answer
+back into Anthropic events or a Messages `message` (gateway/messages/).
 """
 
 from __future__ import annotations
@@ -10,7 +13,8 @@ from __future__ import annotations
 import orjson
 
 from ..config import Provider
-from ..errors import invalid_request
+from ..messages.from_chat import MessagesFromChat, to_message
+from ..messages.to_chat import to_chat
 from ..sse import Event
 from . import ChatRequest, Completion, Piece, UpstreamRequest, Usage, message_text, output_piece
 
@@ -50,10 +54,7 @@ class OpenAIDialect:
 
     def build_request(self, provider: Provider, model: str, request: ChatRequest,
                       stream: bool) -> UpstreamRequest:
-        if request.dialect != "openai":
-            raise invalid_request(f"Provider {provider.name} speaks Chat Completions; Messages requests "
-                                  "cannot be translated for it yet", "model")
-        chat = request.body
+        chat = request.body if request.dialect == "openai" else to_chat(request.body, provider.name)
         body = dict(chat, model=model, stream=stream)
         if stream:
             # Always ask for usage so every request can be accounted; the relay
@@ -67,10 +68,12 @@ class OpenAIDialect:
             headers["Authorization"] = f"Bearer {provider.api_key}"
         return UpstreamRequest(f"{provider.base_url}/chat/completions", headers, orjson.dumps(body))
 
-    def stream_translator(self, model: str, client: str) -> OpenAIStream:
-        return OpenAIStream()
+    def stream_translator(self, model: str, client: str) -> OpenAIStream | MessagesFromChat:
+        return MessagesFromChat(model) if client == "anthropic" else OpenAIStream()
 
     def parse_completion(self, body: bytes, model: str, client: str) -> Completion:
+        if client == "anthropic":
+            return to_message(body, model)
         data = orjson.loads(body)
         usage = data.get("usage") or {}
         choices = data.get("choices") or [{}]
