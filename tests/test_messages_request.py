@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
@@ -12,6 +13,7 @@ from gateway.messages.errors import ERROR_TYPES, error_body, error_event, error_
 from gateway.messages.request import parse_messages_request
 from gateway.sse import SSEParser
 
+from .conftest import ROOT
 from .test_observability import documented_error_codes
 
 USER = {"role": "user", "content": "hi"}
@@ -139,3 +141,12 @@ def test_every_documented_error_code_has_an_anthropic_type() -> None:
 ])
 def test_the_error_type_follows_the_code_else_the_status(status: int, code: str, kind: str) -> None:
     assert error_type(GatewayError(status, code, "x")) == kind
+
+
+def test_the_readmes_error_type_table_is_the_one_the_code_uses() -> None:
+    section = (ROOT / "README.md").read_text().split("\n## Messages API\n", 1)[1].split("\n## ", 1)[0]
+    documented = {code: row.split("|")[1].strip(" `")
+                  for row in section.splitlines() if row.startswith("| `")
+                  for code in re.findall(r"`(\w+)`", row.split("|")[2])}
+    assert {code: kind for code, kind in documented.items() if code != "upstream_rejected"} == {
+        code: kind for code, kind in ERROR_TYPES.items() if code not in ("not_found", "method_not_allowed")}
