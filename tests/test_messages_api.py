@@ -33,12 +33,13 @@ SHORT = "timeouts = { connect_s = 1, first_token_s = 0.5, idle_s = 0.6, total_s 
 RETRY = "retry = { attempts = 2, backoff_base_ms = 10, backoff_cap_ms = 100 }"
 
 
-def messages_config(mock: str) -> str:
+def messages_config(mock: str, heartbeat_s: float) -> str:
     """Claude (Anthropic dialect) and DeepSeek (OpenAI dialect) as mock profiles, alone and as a fallback chain."""
     return textwrap.dedent(f"""
         [server]
         host = "127.0.0.1"
         port = 0
+        heartbeat_s = {heartbeat_s}
 
         [providers.an]
         dialect = "anthropic"
@@ -85,8 +86,8 @@ def messages_config(mock: str) -> str:
         """)
 
 
-def start_messages_gateway(mock: Process, tmp: Path) -> Gateway:
-    return start_gateway(tmp, messages_config(mock.url), env={"MESSAGES_TEST_KEY": PROVIDER_KEY})
+def start_messages_gateway(mock: Process, tmp: Path, heartbeat_s: float = 15) -> Gateway:
+    return start_gateway(tmp, messages_config(mock.url, heartbeat_s), env={"MESSAGES_TEST_KEY": PROVIDER_KEY})
 
 
 @pytest.fixture(scope="module")
@@ -250,6 +251,33 @@ async def test_an_openai_provider_gets_the_request_in_chat_completions_form(
         "stop": ["\n\nHuman:"], "user": "u-1", "model": "deepseek-mock", "stream": True,
         "stream_options": {"include_usage": True}}
     assert upstream["headers"]["authorization"] == f"Bearer {PROVIDER_KEY}"
+
+
+async def test_tools_tool_results_and_images_reach_an_openai_provider_translated(
+        gw: Gateway, mock_upstream: Process, request_id: str) -> None:
+    png = "iVBORw0KGgo="
+    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": png}}
+    turns = [
+        {"role": "user", "content": [{"type": "text", "text": "weather here?"}, image]},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "weather",
+                                           "input": {"city": "Oslo"}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "sunny"}]},
+    ]
+    tools = [{"name": "weather", "description": "Forecast", "input_schema": {"type": "object"}}]
+    message = client(gw).messages.create(model="deepseek", max_tokens=100, messages=turns, tools=tools,
+                                         tool_choice={"type": "auto"}, extra_headers=tagged(request_id))
+    assert message.content[0].type == "text" and message.content[0].text == mock_text(TOKENS)
+    [upstream] = mock_upstream.mock_records(request_id)
+    assert upstream["body"]["messages"] == [
+        {"role": "user", "content": [{"type": "text", "text": "weather here?"},
+                                     {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{png}"}}]},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "toolu_1", "type": "function", "function": {"name": "weather", "arguments": '{"city":"Oslo"}'}}]},
+        {"role": "tool", "tool_call_id": "toolu_1", "content": "sunny"},
+    ]
+    assert upstream["body"]["tools"] == [{"type": "function", "function": {
+        "name": "weather", "parameters": {"type": "object"}, "description": "Forecast"}}]
+    assert upstream["body"]["tool_choice"] == "auto"
 
 
 async def test_a_field_chat_completions_cannot_carry_is_refused_only_where_it_must_be(gw: Gateway) -> None:

@@ -26,7 +26,8 @@ PROFILE = {"claude": "an", "deepseek": "oa"}
 
 @pytest.fixture(scope="module")
 def gw(mock_upstream: Process, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    gateway = start_messages_gateway(mock_upstream, tmp_path_factory.mktemp("messages-faults"))
+    # Heartbeats after 150 ms of silence: only the heartbeat test is that slow.
+    gateway = start_messages_gateway(mock_upstream, tmp_path_factory.mktemp("messages-faults"), heartbeat_s=0.15)
     yield gateway
     gateway.stop()
 
@@ -179,6 +180,20 @@ async def test_a_client_that_goes_away_closes_the_upstream_and_is_logged_once(
     assert mock_upstream.mock_records(request_id)[0]["outcome"] == "client_closed"
     log = gw.log_for(request_id)
     assert (log["outcome"], log["client_disconnected"], log["status"]) == ("client_disconnected", True, 200)
+
+
+@pytest.mark.parametrize("route", BOTH)
+async def test_heartbeat_comments_fill_upstream_silence(gw: Gateway, route: str, request_id: str) -> None:
+    slow = {"X-Request-Id": request_id, "X-Mock-Tokens": "3", "X-Mock-Inter-Token-Delay-Ms": "400"}
+    status, _, raw = await call(gw, body(route), slow)
+    assert status == 200 and raw.count(b": keep-alive\n\n") >= 2  # two 400 ms gaps, 150 ms heartbeat
+    assert text_of(events(raw)) == mock_text(3) and events(raw)[-1].event == "message_stop"
+
+
+def test_the_sdk_reads_through_heartbeats(gw: Gateway) -> None:
+    with client(gw).messages.stream(model="claude", max_tokens=100, messages=MESSAGES,
+                                    extra_headers={"X-Mock-Tokens": "2", "X-Mock-Inter-Token-Delay-Ms": "400"}) as s:
+        assert "".join(s.text_stream) == mock_text(2)
 
 
 # --- bad input: Anthropic-shaped 4xx ----------------------------------------------------------------------

@@ -46,12 +46,12 @@ class ChatRequest:
 class Piece:
     """What one upstream event means."""
 
-    sse: bytes | None = None   # the event as SSE bytes in the client's dialect, if it has any there
-    text: str = ""                   # content text the event carries
-    model_output: bool = False       # carries model output of any kind: text, reasoning, tool calls
-    usage_only: bool = False   # carries only usage: forwarded only if the client asked
-    done: bool = False         # the stream's proper terminator
-    error: str | None = None   # the upstream reported an error inside the stream
+    sse: bytes | None = None    # the event as SSE bytes in the client's dialect, if it has any there
+    text: str = ""              # content text the event carries
+    model_output: bool = False  # carries model output of any kind: text, reasoning, tool calls
+    usage_only: bool = False    # carries only usage: forwarded only if the client asked
+    done: bool = False          # the stream's proper terminator
+    error: str | None = None    # the upstream reported an error inside the stream
 
 
 def output_piece(sse: bytes | None, text: str, other_output: bool = False) -> Piece:
