@@ -290,6 +290,16 @@ async def test_a_field_chat_completions_cannot_carry_is_refused_only_where_it_mu
     assert status == 200
 
 
+@pytest.mark.parametrize("route", ["claude", "deepseek"])
+@pytest.mark.parametrize("knob", [{"X-Mock-Line-Ending": "crlf"}, {"X-Mock-Line-Ending": "cr"},
+                                  {"X-Mock-Chunk-Bytes": "1"}, {"X-Mock-Chunk-Bytes": "3"}])
+def test_awkward_upstream_framing_reaches_the_sdk_intact(gw: Gateway, route: str, knob: dict[str, str]) -> None:
+    # 1- and 3-byte writes split every multi-byte UTF-8 character of the mock's text.
+    with client(gw).messages.stream(model=route, max_tokens=100, messages=MESSAGES, extra_headers=knob) as stream:
+        assert "".join(stream.text_stream) == mock_text(TOKENS)
+        assert stream.get_final_message().usage.output_tokens == TOKENS
+
+
 # --- the pace and the fallback ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("route", ["claude", "deepseek"])
