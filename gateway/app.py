@@ -3,7 +3,7 @@
     >>> from gateway.config import load_config
     >>> app = build_app(load_config())
     >>> sorted(r.resource.canonical for r in app.router.routes() if r.method == "POST")
-    ['/v1/chat/completions', '/v1/stream/chat']
+    ['/v1/chat/completions', '/v1/messages', '/v1/stream/chat']
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import asyncio
 import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
 
 import aiohttp_cors
 import orjson
@@ -20,7 +19,7 @@ from aiohttp import web
 
 from . import forwarded, static_site
 from .config import Config
-from .endpoints import ENDPOINTS, Endpoint
+from .endpoints import BY_PATH, ENDPOINTS, Endpoint
 from .errors import GatewayError, Scrubber
 from .intake import read_json
 from .keys import authenticate, authorize_route, presented_key
@@ -28,7 +27,7 @@ from .limits import Limiter, reservation
 from .metrics import Metrics
 from .record import RequestLog, RequestRecord
 from .relay import Dispatch, stream_response, unary_response
-from .routing import ARM_OVERRIDE_HEADER, UserKey, pick_user_key, plan
+from .routing import ARM_OVERRIDE_HEADER, pick_user_key, plan
 from .store import MemoryStore, RedisStore, Store
 from .upstreams import Upstreams
 
@@ -119,18 +118,19 @@ async def _provider_sessions(app: web.Application) -> AsyncIterator[None]:
 
 # --- errors ------------------------------------------------------------------
 
-def error_response(error: GatewayError, headers: dict[str, str] | None = None) -> web.Response:
+def error_response(error: GatewayError, headers: dict[str, str] | None = None,
+                   body: Callable[[GatewayError], bytes] = GatewayError.json) -> web.Response:
     headers = dict(headers or {})
     if error.retry_after is not None:
         headers["Retry-After"] = str(max(1, round(error.retry_after)))
-    return web.Response(status=error.status, body=error.json(), content_type="application/json",
+    return web.Response(status=error.status, body=body(error), content_type="application/json",
                         headers=headers)
 
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
                            ) -> web.StreamResponse:
-    """Every error leaves in the OpenAI error shape; never a stack trace."""
+    """Every error leaves in its endpoint's error shape (the OpenAI one off the table); never a stack trace."""
     try:
         return await handler(request)
     except web.HTTPException as exc:
@@ -140,15 +140,24 @@ async def error_middleware(request: web.Request, handler: Callable[[web.Request]
         message = {404: f"No endpoint {request.method} {request.path}",
                    405: f"Method {request.method} is not allowed on {request.path}"}.get(exc.status, exc.reason)
         keep = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
-        return error_response(GatewayError(exc.status, code, message), keep)
+        endpoint = BY_PATH.get(request.path)
+        return error_response(GatewayError(exc.status, code, message), keep,
+                              endpoint.error_body if endpoint else GatewayError.json)
 
 
 # --- handlers ----------------------------------------------------------------
 
 async def models(request: web.Request) -> web.Response:
-    data = [{"id": name, "object": "model", "created": 0, "owned_by": "gateway"}
-            for name in request.app[CONFIG].public_models()]
-    return web.json_response({"object": "list", "data": data}, dumps=lambda o: orjson.dumps(o).decode())
+    """The routes, in a shape both SDKs read: OpenAI's list (`object`, `created`, `owned_by`) and
+    Anthropic's page (`type`, `display_name`, `created_at`, `has_more`). Each ignores the other's
+    fields. A route has no release date: both dates are the epoch, as Anthropic does for an unknown one.
+    The whole list is one page, whatever `limit` asks."""
+    names = request.app[CONFIG].public_models()
+    data = [{"id": name, "object": "model", "created": 0, "owned_by": "gateway",
+             "type": "model", "display_name": name, "created_at": "1970-01-01T00:00:00Z"} for name in names]
+    page = {"object": "list", "data": data, "has_more": False,
+            "first_id": names[0] if names else None, "last_id": names[-1] if names else None}
+    return web.json_response(page, dumps=lambda o: orjson.dumps(o).decode())
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -194,13 +203,14 @@ async def _handle(request: web.Request, endpoint: Endpoint) -> web.StreamRespons
         key = authenticate(config.auth, request.headers)
         record.authenticated(key.name if key else None)
         chat = endpoint.parse(await read_json(request, config.server.max_body_bytes))
-        model = chat.setdefault("model", config.default_model())
-        record.requested(model, bool(chat.get("stream")))
-        route = plan(config, model, _user_key(request, chat), request.headers.get(ARM_OVERRIDE_HEADER))
+        model = chat.model or config.default_model()
+        record.requested(model, chat.stream)
+        user = pick_user_key(chat.user, request.headers.get("X-User-Id"), presented_key(request.headers))
+        route = plan(config, model, user, request.headers.get(ARM_OVERRIDE_HEADER))
         authorize_route(key, model)
         record.routed(route.arm.name, route.user_key_hash, route.user.source)
         headers["X-Gateway-Arm"] = route.arm.name
-        admission = await app[LIMITER].admit(key, reserve=reservation(chat), ttl_s=route.total_s)
+        admission = await app[LIMITER].admit(key, reserve=reservation(chat.body), ttl_s=route.total_s)
         record.limited(admission.log_fields())
         headers.update(admission.headers())
         if admission.refusal is not None:
@@ -213,13 +223,13 @@ async def _handle(request: web.Request, endpoint: Endpoint) -> web.StreamRespons
             return await stream_response(dispatch, request, endpoint.renderer(chat), headers)
         return await unary_response(dispatch, headers)
     except GatewayError as exc:
-        return error_response(record.failed(exc), headers)
+        return error_response(record.failed(exc), headers, endpoint.error_body)
     except asyncio.CancelledError:
         # The client went away (aiohttp cancels the handler: handler_cancellation).
         record.disconnected()
         raise
     except Exception as exc:  # a bug: reported generically; the log gets the type, never a trace
-        return error_response(record.crashed(exc), headers)
+        return error_response(record.crashed(exc), headers, endpoint.error_body)
     finally:
         _finish(app, record)
         if admission is not None:
@@ -239,7 +249,3 @@ def _tokens_used(record: RequestRecord) -> int | None:
     if record.prompt_tokens is None and record.completion_tokens is None:
         return None  # unknown: the reservation stands
     return (record.prompt_tokens or 0) + (record.completion_tokens or 0)
-
-
-def _user_key(request: web.Request, chat: dict[str, Any]) -> UserKey:
-    return pick_user_key(chat.get("user"), request.headers.get("X-User-Id"), presented_key(request.headers))

@@ -62,17 +62,21 @@ class Admission:
         return out
 
 
-def reservation(chat: dict[str, Any]) -> int:
-    """Tokens a request may cost, before it runs: its prompt (estimated) plus its completion cap."""
+def reservation(body: dict[str, Any]) -> int:
+    """Tokens a request may cost, before it runs: its prompt (estimated) plus its completion cap.
+    `body` is a checked chat request in either dialect (OpenAI messages, or Anthropic's with `system`).
+
+        >>> reservation({"messages": [{"role": "user", "content": "12345678"}], "max_tokens": 10})
+        12
+    """
+    contents = [body.get("system")] + [m.get("content") for m in body.get("messages") or () if isinstance(m, dict)]
     chars = 0
-    for message in chat.get("messages") or ():
-        content = message.get("content") if isinstance(message, dict) else None
+    for content in contents:
         if isinstance(content, str):
             chars += len(content)
         elif isinstance(content, list):
-            chars += sum(len(p.get("text", "")) for p in content if isinstance(p, dict)
-                         and isinstance(p.get("text"), str))
-    cap = chat.get("max_completion_tokens") or chat.get("max_tokens") or 0
+            chars += sum(len(p["text"]) for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+    cap = body.get("max_completion_tokens") or body.get("max_tokens") or 0
     return math.ceil(chars / CHARS_PER_TOKEN) + int(cap)
 
 

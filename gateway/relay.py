@@ -20,7 +20,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import aiohttp
 import orjson
@@ -29,7 +29,7 @@ from aiohttp import web
 from . import errors
 from .config import Provider, Target
 from .errors import GatewayError
-from .providers import Completion, UpstreamRequest, dialect_for
+from .providers import ChatRequest, Completion, UpstreamRequest, dialect_for
 from .record import RequestRecord
 from .renderers import Renderer
 from .routing import Plan
@@ -66,7 +66,7 @@ class Dispatch:
 
     upstreams: Upstreams
     record: RequestRecord
-    chat: dict[str, Any]
+    chat: ChatRequest
     plan: Plan
     deadline: float  # the loop's clock: one deadline from arrival, so retries never stack past it
     heartbeat_s: float
@@ -187,7 +187,8 @@ async def open_stream(d: Dispatch, renderer: Renderer) -> OpenStream:
                     if refused := not_an_event_stream(target.provider, lease.response.headers.get("Content-Type")):
                         raise refused
                     stream = UpstreamStream(
-                        target.provider, dialect_for(d.provider(target).dialect).stream_translator(target.model),
+                        target.provider,
+                        dialect_for(d.provider(target).dialect).stream_translator(target.model, d.chat.dialect),
                         renderer, Deadlines(loop.time(), idle_s=timeouts.idle_s, heartbeat_s=d.heartbeat_s,
                                             total_at=d.deadline, total_s=d.plan.total_s),
                         max_event_bytes=d.max_event_bytes)
@@ -239,7 +240,7 @@ async def open_unary(d: Dispatch) -> Completion:
             if lease is not None:
                 lease.end()
         try:
-            return dialect_for(d.provider(target).dialect).parse_completion(body, target.model)
+            return dialect_for(d.provider(target).dialect).parse_completion(body, target.model, d.chat.dialect)
         except (orjson.JSONDecodeError, AttributeError, TypeError, KeyError):
             raise AttemptFailed(GatewayError(502, "upstream_error",
                                              f"Provider {target.provider} sent a malformed response"),

@@ -13,12 +13,13 @@ It knows nothing of sockets, timing or accounting.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Protocol
 
 import orjson
 
 from .errors import GatewayError
-from .providers import Piece, Usage
+from .messages.errors import error_event
+from .providers import ChatRequest, Piece, Usage
 from .sse import encode_event
 
 
@@ -36,13 +37,13 @@ class ChatCompletionsRenderer:
         self.include_usage = include_usage
 
     @classmethod
-    def for_request(cls, chat: dict[str, Any]) -> ChatCompletionsRenderer:
-        return cls(bool((chat.get("stream_options") or {}).get("include_usage")))
+    def for_request(cls, request: ChatRequest) -> ChatCompletionsRenderer:
+        return cls(bool((request.body.get("stream_options") or {}).get("include_usage")))
 
     def render(self, piece: Piece) -> bytes | None:
         if piece.usage_only and not self.include_usage:
             return None  # the gateway asked for usage for its own accounting; the client did not
-        return piece.openai_sse
+        return piece.sse
 
     def error(self, error: GatewayError) -> bytes:
         return encode_event(error.json())  # the OpenAI SDKs raise APIError on it
@@ -55,7 +56,7 @@ class TokenStreamRenderer:
     """The browser stream: `data: {"token": ...}` events, then `event: done` (or `event: error`)."""
 
     @classmethod
-    def for_request(cls, chat: dict[str, Any]) -> TokenStreamRenderer:
+    def for_request(cls, request: ChatRequest) -> TokenStreamRenderer:
         return cls()
 
     def render(self, piece: Piece) -> bytes | None:
@@ -69,3 +70,21 @@ class TokenStreamRenderer:
             "usage": {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens},
             "ttft_ms": ttft_ms, "latency_ms": latency_ms,
         }), event="done")
+
+
+class MessagesRenderer:
+    """Anthropic Messages events, as the piece carries them: the upstream's raw bytes from an
+    Anthropic provider, translated events from any other; a failure as an `error` event."""
+
+    @classmethod
+    def for_request(cls, request: ChatRequest) -> MessagesRenderer:
+        return cls()
+
+    def render(self, piece: Piece) -> bytes | None:
+        return piece.sse
+
+    def error(self, error: GatewayError) -> bytes:
+        return error_event(error)  # the anthropic SDKs raise APIStatusError on it
+
+    def closing(self, usage: Usage, *, ttft_ms: float | None, latency_ms: float) -> bytes:
+        return b""  # `message_stop` is the stream's own end, already rendered

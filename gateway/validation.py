@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from .errors import invalid_request
+from .providers import ChatRequest
 
 ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
 INT32_MAX = 2**31 - 1
@@ -87,13 +88,17 @@ def _content_part(part: Any, where: str) -> None:
             raise invalid_request(f"{where}.image_url must be an object with a url string", f"{where}.image_url")
 
 
-def parse_chat_request(body: Any) -> dict[str, Any]:
+def parse_chat_request(body: Any) -> ChatRequest:
     """An OpenAI Chat Completions request body."""
     if not isinstance(body, dict):
         raise invalid_request("The request body must be a JSON object")
     if not isinstance(body.get("model"), str) or not body["model"]:
         raise invalid_request("model is required and must be a string", "model")
-    return _chat_fields(body)
+    return _openai_request(_chat_fields(body))
+
+
+def _openai_request(chat: dict[str, Any]) -> ChatRequest:
+    return ChatRequest("openai", chat, chat.get("model"), bool(chat.get("stream")), chat.get("user"))
 
 
 def _chat_fields(body: dict[str, Any]) -> dict[str, Any]:
@@ -140,7 +145,7 @@ def _chat_fields(body: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
-def parse_stream_chat_request(body: Any) -> dict[str, Any]:
+def parse_stream_chat_request(body: Any) -> ChatRequest:
     """The browser stream: `{"prompt": "..."}` or `{"messages": [...]}`, optional model and user.
     Without a model, the caller routes to the configured default."""
     if not isinstance(body, dict):
@@ -164,4 +169,4 @@ def parse_stream_chat_request(body: Any) -> dict[str, Any]:
     for key in ("user", "max_tokens", "temperature"):
         if body.get(key) is not None:
             chat[key] = body[key]
-    return _chat_fields(chat)
+    return _openai_request(_chat_fields(chat))

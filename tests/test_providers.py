@@ -7,7 +7,7 @@ import pytest
 
 from gateway.config import Provider
 from gateway.errors import GatewayError
-from gateway.providers import anthropic, error_message, openai
+from gateway.providers import ChatRequest, anthropic, error_message, openai
 from gateway.sse import SSEParser
 
 OPENAI = Provider(name="oa", dialect="openai", base_url="https://api.example/v1", api_key="sk-abc")
@@ -17,12 +17,16 @@ CHAT = {"model": "public", "messages": [{"role": "system", "content": "be brief"
                                         {"role": "user", "content": "hi"}], "stream": True}
 
 
+def openai_client(chat: dict) -> ChatRequest:
+    return ChatRequest("openai", chat, chat.get("model"), bool(chat.get("stream")), chat.get("user"))
+
+
 def events(raw: bytes) -> list:
     return SSEParser().feed(raw)
 
 
 def test_openai_request_asks_for_usage_and_names_the_upstream_model() -> None:
-    request = openai.DIALECT.build_request(OPENAI, "gpt-x", CHAT, stream=True)
+    request = openai.DIALECT.build_request(OPENAI, "gpt-x", openai_client(CHAT), stream=True)
     body = orjson.loads(request.body)
     assert request.url == "https://api.example/v1/chat/completions"
     assert request.headers["Authorization"] == "Bearer sk-abc"
@@ -31,14 +35,15 @@ def test_openai_request_asks_for_usage_and_names_the_upstream_model() -> None:
 
 
 def test_openai_non_stream_request_has_no_stream_options() -> None:
-    body = orjson.loads(openai.DIALECT.build_request(OPENAI, "gpt-x", {**CHAT, "stream": False}, False).body)
+    request = openai.DIALECT.build_request(OPENAI, "gpt-x", openai_client({**CHAT, "stream": False}), False)
+    body = orjson.loads(request.body)
     assert "stream_options" not in body and body["stream"] is False
 
 
 def test_openai_content_delta_is_forwarded_raw_with_its_text() -> None:
     [event] = events(b'data: {"choices":[{"index":0,"delta":{"content":"Hi"}}]}\r\n\r\n')
     [piece] = openai.OpenAIStream().translate(event)
-    assert (piece.openai_sse, piece.text, piece.model_output) == (event.raw, "Hi", True)
+    assert (piece.sse, piece.text, piece.model_output) == (event.raw, "Hi", True)
 
 
 def test_openai_reasoning_delta_is_output_without_text() -> None:
@@ -61,7 +66,7 @@ def test_openai_usage_chunk_is_usage_only_and_recorded() -> None:
 
 def test_openai_done_is_the_terminator() -> None:
     [piece] = openai.OpenAIStream().translate(events(b"data: [DONE]\n\n")[0])
-    assert piece.done and piece.openai_sse == b"data: [DONE]\n\n"
+    assert piece.done and piece.sse == b"data: [DONE]\n\n"
 
 
 @pytest.mark.parametrize("raw", [b'data: {"error":{"message":"overloaded"}}\n\n', b"data: not json\n\n",
@@ -71,7 +76,8 @@ def test_openai_error_or_garbage_event_is_an_error(raw: bytes) -> None:
 
 
 def test_anthropic_request_moves_system_and_stop_and_defaults_max_tokens() -> None:
-    request = anthropic.DIALECT.build_request(ANTHROPIC, "claude-x", {**CHAT, "stop": "END", "user": "u1"}, True)
+    request = anthropic.DIALECT.build_request(ANTHROPIC, "claude-x",
+                                              openai_client({**CHAT, "stop": "END", "user": "u1"}), True)
     body = orjson.loads(request.body)
     assert request.url == "https://api.anthropic.example/v1/messages"
     assert request.headers["x-api-key"] == "ak-xyz" and request.headers["anthropic-version"] == "2023-06-01"
@@ -83,7 +89,7 @@ def test_anthropic_request_moves_system_and_stop_and_defaults_max_tokens() -> No
 def test_anthropic_request_flattens_text_parts() -> None:
     chat = {**CHAT, "messages": [{"role": "user", "content": [{"type": "text", "text": "a"},
                                                               {"type": "text", "text": "b"}]}]}
-    body = orjson.loads(anthropic.DIALECT.build_request(ANTHROPIC, "c", chat, True).body)
+    body = orjson.loads(anthropic.DIALECT.build_request(ANTHROPIC, "c", openai_client(chat), True).body)
     assert body["messages"] == [{"role": "user", "content": "ab"}]
 
 
@@ -91,7 +97,7 @@ def test_anthropic_request_flattens_text_parts() -> None:
                                   {**CHAT, "messages": [{"role": "tool", "content": "x"}]}])
 def test_anthropic_request_rejects_what_it_cannot_translate(chat: dict) -> None:
     with pytest.raises(GatewayError) as raised:
-        anthropic.DIALECT.build_request(ANTHROPIC, "c", chat, True)
+        anthropic.DIALECT.build_request(ANTHROPIC, "c", openai_client(chat), True)
     assert raised.value.status == 400
 
 
@@ -119,14 +125,14 @@ def translate_all(raw: bytes) -> tuple[anthropic.AnthropicStream, list]:
 
 def test_anthropic_stream_becomes_openai_chunks_ending_in_done() -> None:
     stream, pieces = translate_all(ANTHROPIC_STREAM)
-    chunks = [orjson.loads(p.openai_sse[len(b"data: "):]) for p in pieces
-              if p.openai_sse and p.openai_sse != b"data: [DONE]\n\n"]
+    chunks = [orjson.loads(p.sse[len(b"data: "):]) for p in pieces
+              if p.sse and p.sse != b"data: [DONE]\n\n"]
     assert [c["choices"][0]["delta"] for c in chunks if c["choices"]] == [
         {"role": "assistant", "content": ""}, {"content": "Hel"}, {"content": "lo"}, {}]
     assert chunks[-2]["choices"][0]["finish_reason"] == "length"
     assert chunks[-1]["usage"] == {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}
     assert all(c["id"] == "chatcmpl-msg_1" and c["object"] == "chat.completion.chunk" for c in chunks)
-    assert pieces[-1].done and pieces[-1].openai_sse == b"data: [DONE]\n\n"
+    assert pieces[-1].done and pieces[-1].sse == b"data: [DONE]\n\n"
     assert "".join(p.text for p in pieces) == "Hello"
 
 
@@ -138,7 +144,7 @@ def test_anthropic_placeholder_output_tokens_do_not_count_as_usage() -> None:
 def test_anthropic_thinking_delta_is_output_with_nothing_to_forward() -> None:
     _, [piece] = translate_all(b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
                                b'"delta":{"type":"thinking_delta","thinking":"hmm"}}\n\n')
-    assert piece.model_output and piece.openai_sse is None and piece.text == ""
+    assert piece.model_output and piece.sse is None and piece.text == ""
 
 
 def test_anthropic_error_event_is_an_error() -> None:
@@ -151,7 +157,7 @@ def test_anthropic_completion_becomes_a_chat_completion() -> None:
     body = orjson.dumps({"id": "msg_2", "type": "message", "model": "claude-x", "stop_reason": "end_turn",
                          "content": [{"type": "text", "text": "Hi!"}],
                          "usage": {"input_tokens": 4, "output_tokens": 2}})
-    completion = anthropic.DIALECT.parse_completion(body, "claude-x")
+    completion = anthropic.DIALECT.parse_completion(body, "claude-x", "openai")
     data = orjson.loads(completion.body)
     assert data["choices"][0]["message"] == {"role": "assistant", "content": "Hi!"}
     assert data["choices"][0]["finish_reason"] == "stop"

@@ -1,9 +1,14 @@
 """Upstream dialects: how to ask a provider and how to read its answer.
 
 A dialect knows nothing of the client connection or of timing: it builds the
-upstream request from the client's (OpenAI-shaped) request body and turns each
-upstream SSE event into a `Piece` that says what to forward and what the
-event means for accounting. The relay does the I/O.
+upstream request from the client's request and turns each upstream SSE event
+into a `Piece` that says what to forward and what the event means for
+accounting. The relay does the I/O.
+
+Clients speak a dialect too (`ChatRequest.dialect`): OpenAI Chat Completions
+or Anthropic Messages. When the client and the provider speak the same one,
+the body goes up and the events come back as they are (only the model name
+is the arm's); otherwise the provider's dialect translates both ways.
 """
 
 from __future__ import annotations
@@ -25,22 +30,34 @@ class Usage:
         return self.completion_tokens is not None
 
 
+@dataclass(frozen=True, slots=True)
+class ChatRequest:
+    """A client's chat request, as its endpoint read it: what routing needs, and the body to send."""
+
+    dialect: str                # the API the client speaks ("openai" or "anthropic"): its body is in this
+                                # dialect, and so are the events and completions it gets back
+    body: dict[str, Any]        # the checked body, as the client sent it (built from it for the browser stream)
+    model: str | None           # the public model (route) it names; None: the configured default
+    stream: bool
+    user: str | None = None     # the sticky user key carried in the body, if any
+
+
 @dataclass(slots=True)
 class Piece:
     """What one upstream event means."""
 
-    openai_sse: bytes | None = None  # the event as OpenAI chat.completion.chunk SSE bytes, if any
-    text: str = ""                   # content text the event carries
-    model_output: bool = False       # carries model output of any kind: text, reasoning, tool calls
-    usage_only: bool = False   # carries only usage: forwarded only if the client asked
-    done: bool = False         # the stream's proper terminator
-    error: str | None = None   # the upstream reported an error inside the stream
+    sse: bytes | None = None    # the event as SSE bytes in the client's dialect, if it has any there
+    text: str = ""              # content text the event carries
+    model_output: bool = False  # carries model output of any kind: text, reasoning, tool calls
+    usage_only: bool = False    # carries only usage: forwarded only if the client asked
+    done: bool = False          # the stream's proper terminator
+    error: str | None = None    # the upstream reported an error inside the stream
 
 
-def output_piece(openai_sse: bytes, text: str, other_output: bool = False) -> Piece:
+def output_piece(sse: bytes | None, text: str, other_output: bool = False) -> Piece:
     """A piece of model output. Reasoning and tool-call deltas count as output (the
     stream is alive and committed) though they carry no visible text."""
-    return Piece(openai_sse=openai_sse, text=text, model_output=bool(text) or other_output)
+    return Piece(sse=sse, text=text, model_output=bool(text) or other_output)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +69,7 @@ class UpstreamRequest:
 
 @dataclass(slots=True)
 class Completion:
-    """A non-streamed answer, already in OpenAI chat.completion form."""
+    """A non-streamed answer, already in the client's dialect (a chat.completion, or a Messages message)."""
 
     body: bytes
     text: str
@@ -70,14 +87,17 @@ class StreamTranslator(Protocol):
 
 
 class Dialect(Protocol):
+    """One upstream API. `client` is the dialect the client speaks (`ChatRequest.dialect`): what the
+    translator's pieces and the completion's body are written in."""
+
     name: str
 
-    def build_request(self, provider: Provider, model: str, chat: dict[str, Any],
+    def build_request(self, provider: Provider, model: str, request: ChatRequest,
                       stream: bool) -> UpstreamRequest: ...
 
-    def stream_translator(self, model: str) -> StreamTranslator: ...
+    def stream_translator(self, model: str, client: str) -> StreamTranslator: ...
 
-    def parse_completion(self, body: bytes, model: str) -> Completion: ...
+    def parse_completion(self, body: bytes, model: str, client: str) -> Completion: ...
 
 
 def error_message(body: bytes) -> str:

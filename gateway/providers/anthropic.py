@@ -1,10 +1,14 @@
-"""Anthropic's Messages API, translated to and from OpenAI Chat Completions.
+"""Anthropic's Messages API: as it is for Messages clients, translated for OpenAI ones.
 
-Requests: system/developer messages become `system`, `stop` becomes
-`stop_sequences`, `max_tokens` gets the provider's default when absent (the
-Messages API requires it). Stream events become `chat.completion.chunk`
-events ending in `data: [DONE]`, so an OpenAI client cannot tell the
-difference.
+A Messages client's body goes up as it came, with the arm's model; the
+events come back as the raw bytes the provider sent, each read once for its
+usage, its output and the end of the stream (`AnthropicRelay`).
+
+For an OpenAI client the request is translated: system/developer messages
+become `system`, `stop` becomes `stop_sequences`, `max_tokens` gets the
+provider's default when absent (the Messages API requires it). Stream events
+become `chat.completion.chunk` events ending in `data: [DONE]`, so an OpenAI
+client cannot tell the difference (`AnthropicStream`).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import orjson
 from ..config import Provider
 from ..errors import invalid_request
 from ..sse import DONE, Event, encode_event
-from . import Completion, Piece, UpstreamRequest, Usage, message_text, output_piece
+from . import ChatRequest, Completion, Piece, UpstreamRequest, Usage, message_text, output_piece
 
 FINISH_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length",
                   "tool_use": "tool_calls", "refusal": "content_filter"}
@@ -56,7 +60,69 @@ def to_messages_body(provider: Provider, model: str, chat: dict[str, Any], strea
     return body
 
 
+# --- what an event means, whoever it is written for --------------------------------
+
+def _data(event: Event) -> dict[str, Any] | None:
+    """The event's JSON object ({} for JSON of another kind); None when it is not JSON."""
+    try:
+        data = orjson.loads(event.data)
+    except orjson.JSONDecodeError:
+        return None
+    return data if isinstance(data, dict) else {}
+
+
+def _read_usage(usage: Usage, kind: str | None, data: dict[str, Any]) -> None:
+    if kind == "message_start":
+        # output_tokens here is a running placeholder; the count comes with message_delta.
+        usage.prompt_tokens = ((data.get("message") or {}).get("usage") or {}).get("input_tokens")
+        usage.completion_tokens = None
+    elif kind == "message_delta":
+        counts = data.get("usage") or {}
+        if counts.get("output_tokens") is not None:
+            usage.completion_tokens = counts["output_tokens"]
+        if counts.get("input_tokens") is not None:
+            usage.prompt_tokens = counts["input_tokens"]
+
+
+def _delta_output(data: dict[str, Any]) -> tuple[str, bool]:
+    """A content_block_delta's text, and whether it is output without text (thinking, tool input)."""
+    delta = data.get("delta") or {}
+    return delta.get("text") or "", delta.get("type") in ("thinking_delta", "input_json_delta")
+
+
+def _error(data: dict[str, Any]) -> str:
+    err = data.get("error") or {}
+    return f"upstream error: {err.get('type', 'error')}: {err.get('message', '')}"
+
+
+NOT_JSON = "upstream sent an event that is not JSON"
+
+
+class AnthropicRelay:
+    """The stream for a Messages client: every event is the raw bytes the provider sent. Only an
+    error event is the gateway's to render (the stream ends with the gateway's own error event)."""
+
+    def __init__(self) -> None:
+        self.usage = Usage()
+
+    def translate(self, event: Event) -> list[Piece]:
+        data = _data(event)
+        if data is None:
+            return [Piece(error=NOT_JSON)]
+        kind = data.get("type")
+        if kind == "error":
+            return [Piece(error=_error(data))]
+        _read_usage(self.usage, kind, data)
+        if kind == "content_block_delta":
+            text, other = _delta_output(data)
+            return [output_piece(event.raw, text, other)]
+        # message_start, content_block_start/stop, ping, message_delta, and event types added later
+        return [Piece(sse=event.raw, done=kind == "message_stop")]
+
+
 class AnthropicStream:
+    """The stream for an OpenAI client: events translated to `chat.completion.chunk`s."""
+
     def __init__(self, model: str) -> None:
         self.usage = Usage()
         self._model = model
@@ -79,64 +145,61 @@ class AnthropicStream:
         }))
 
     def translate(self, event: Event) -> list[Piece]:
-        try:
-            data = orjson.loads(event.data)
-        except orjson.JSONDecodeError:
-            return [Piece(error="upstream sent an event that is not JSON")]
-        kind = data.get("type") if isinstance(data, dict) else None
+        data = _data(event)
+        if data is None:
+            return [Piece(error=NOT_JSON)]
+        kind = data.get("type")
+        _read_usage(self.usage, kind, data)
         if kind == "content_block_delta":
-            delta = data.get("delta") or {}
-            text = delta.get("text") or ""
+            text, other = _delta_output(data)
             if text:
                 return [output_piece(self._chunk({"content": text}), text)]
-            if delta.get("type") in ("thinking_delta", "input_json_delta"):
+            if other:
                 return [Piece(model_output=True)]  # the model is working; nothing to show an OpenAI client yet
             return []
         if kind == "message_start":
             message = data.get("message") or {}
             self._id = f"chatcmpl-{message.get('id', 'anthropic')}"
             self._model = message.get("model") or self._model
-            usage = message.get("usage") or {}
-            # output_tokens here is a running placeholder; the count comes with message_delta.
-            self.usage = Usage(usage.get("input_tokens"), None)
-            return [Piece(openai_sse=self._chunk({"role": "assistant", "content": ""}))]
+            return [Piece(sse=self._chunk({"role": "assistant", "content": ""}))]
         if kind == "message_delta":
-            usage = data.get("usage") or {}
-            if usage.get("output_tokens") is not None:
-                self.usage.completion_tokens = usage["output_tokens"]
-            if usage.get("input_tokens") is not None:
-                self.usage.prompt_tokens = usage["input_tokens"]
             reason = str((data.get("delta") or {}).get("stop_reason"))
-            return [Piece(openai_sse=self._chunk({}, FINISH_REASONS.get(reason, "stop")))]
+            return [Piece(sse=self._chunk({}, FINISH_REASONS.get(reason, "stop")))]
         if kind == "message_stop":
-            pieces = [Piece(openai_sse=self._usage_chunk(), usage_only=True)] if self.usage.known else []
-            return pieces + [Piece(openai_sse=DONE, done=True)]
+            pieces = [Piece(sse=self._usage_chunk(), usage_only=True)] if self.usage.known else []
+            return pieces + [Piece(sse=DONE, done=True)]
         if kind == "error":
-            err = data.get("error") or {}
-            return [Piece(error=f"upstream error: {err.get('type', 'error')}: {err.get('message', '')}")]
+            return [Piece(error=_error(data))]
         return []  # ping, content_block_start/stop, and event types added later
 
 
 class AnthropicDialect:
     name = "anthropic"
 
-    def build_request(self, provider: Provider, model: str, chat: dict[str, Any],
+    def build_request(self, provider: Provider, model: str, request: ChatRequest,
                       stream: bool) -> UpstreamRequest:
         headers = {"Content-Type": "application/json", "anthropic-version": provider.anthropic_version,
                    "Accept": "text/event-stream" if stream else "application/json"}
         if provider.api_key:
             headers["x-api-key"] = provider.api_key
-        body = to_messages_body(provider, model, chat, stream)
+        if request.dialect == "anthropic":
+            # The client's own Messages body, byte-faithful in every field but the model: top_k,
+            # system blocks, cache_control, tools and thinking reach the provider as they were sent.
+            body = dict(request.body, model=model)
+        else:
+            body = to_messages_body(provider, model, request.body, stream)
         return UpstreamRequest(f"{provider.base_url}/v1/messages", headers, orjson.dumps(body))
 
-    def stream_translator(self, model: str) -> AnthropicStream:
-        return AnthropicStream(model)
+    def stream_translator(self, model: str, client: str) -> AnthropicRelay | AnthropicStream:
+        return AnthropicRelay() if client == "anthropic" else AnthropicStream(model)
 
-    def parse_completion(self, body: bytes, model: str) -> Completion:
+    def parse_completion(self, body: bytes, model: str, client: str) -> Completion:
         data = orjson.loads(body)
         text = "".join(b.get("text", "") for b in data.get("content") or [] if b.get("type") == "text")
         usage = data.get("usage") or {}
         p, c = usage.get("input_tokens"), usage.get("output_tokens")
+        if client == "anthropic":
+            return Completion(body, text, Usage(p, c))  # the provider's own message, as it is
         completion = {
             "id": f"chatcmpl-{data.get('id', 'anthropic')}", "object": "chat.completion",
             "created": int(time.time()), "model": data.get("model") or model,

@@ -1,19 +1,22 @@
 """OpenAI-compatible providers (OpenAI, DeepSeek, any /chat/completions vendor).
 
-The client speaks this dialect too, so stream events are forwarded as the raw
-bytes the upstream sent. Each event is still parsed once, for the text it
-carries and for usage, because the log line needs both.
+For an OpenAI client, stream events are forwarded as the raw bytes the
+upstream sent. Each event is still parsed once, for the text it carries and
+for usage, because the log line needs both.
+
+A Messages client's request is translated to Chat Completions and the answer
+back into Anthropic events or a Messages `message` (gateway/messages/).
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 import orjson
 
 from ..config import Provider
+from ..messages.from_chat import MessagesFromChat, to_message
+from ..messages.to_chat import to_chat
 from ..sse import Event
-from . import Completion, Piece, UpstreamRequest, Usage, message_text, output_piece
+from . import ChatRequest, Completion, Piece, UpstreamRequest, Usage, message_text, output_piece
 
 
 class OpenAIStream:
@@ -22,7 +25,7 @@ class OpenAIStream:
 
     def translate(self, event: Event) -> list[Piece]:
         if event.data == "[DONE]":
-            return [Piece(openai_sse=event.raw, done=True)]
+            return [Piece(sse=event.raw, done=True)]
         try:
             chunk = orjson.loads(event.data)
         except orjson.JSONDecodeError:
@@ -38,7 +41,7 @@ class OpenAIStream:
             self.usage = Usage(usage.get("prompt_tokens"), usage.get("completion_tokens"))
         choices = chunk.get("choices")
         if not choices:
-            return [Piece(openai_sse=event.raw, usage_only=isinstance(usage, dict))]
+            return [Piece(sse=event.raw, usage_only=isinstance(usage, dict))]
         delta = choices[0].get("delta") or {}
         text = delta.get("content") or ""
         # DeepSeek-style reasoning_content and tool calls are output before any visible text.
@@ -49,8 +52,9 @@ class OpenAIStream:
 class OpenAIDialect:
     name = "openai"
 
-    def build_request(self, provider: Provider, model: str, chat: dict[str, Any],
+    def build_request(self, provider: Provider, model: str, request: ChatRequest,
                       stream: bool) -> UpstreamRequest:
+        chat = request.body if request.dialect == "openai" else to_chat(request.body, provider.name)
         body = dict(chat, model=model, stream=stream)
         if stream:
             # Always ask for usage so every request can be accounted; the relay
@@ -64,10 +68,12 @@ class OpenAIDialect:
             headers["Authorization"] = f"Bearer {provider.api_key}"
         return UpstreamRequest(f"{provider.base_url}/chat/completions", headers, orjson.dumps(body))
 
-    def stream_translator(self, model: str) -> OpenAIStream:
-        return OpenAIStream()
+    def stream_translator(self, model: str, client: str) -> OpenAIStream | MessagesFromChat:
+        return MessagesFromChat(model) if client == "anthropic" else OpenAIStream()
 
-    def parse_completion(self, body: bytes, model: str) -> Completion:
+    def parse_completion(self, body: bytes, model: str, client: str) -> Completion:
+        if client == "anthropic":
+            return to_message(body, model)
         data = orjson.loads(body)
         usage = data.get("usage") or {}
         choices = data.get("choices") or [{}]
