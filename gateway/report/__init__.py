@@ -55,33 +55,38 @@ and JSON), ``html`` (charts); this package holds the CLI, ``main``.
 from __future__ import annotations
 
 import argparse
+import importlib
 import io
 import os
 import sys
+from typing import Any
 
-from .dataset import ArmData, Dataset, load, parse_since
 from .errors import ReportError
 
-# The other public names of the single-module gateway.report stay importable
-# from here (outside __all__, as before the split).
-from .html import (
-    INSTALL_HINT,  # noqa: F401
-    _import_matplotlib,
-    write_html,
-)
-from .render import render_json, render_text
-from .stats import (  # noqa: F401
-    ALPHA,
-    Z95,
-    mann_whitney_u,
-    median_diff_ci,
-    median_se,
-    newcombe_diff_interval,
-    percentile,
-    two_proportion_z_test,
-    wilson_interval,
-)
-from .summary import DEFINITIONS, ArmStats, Comparison, CostTest, PropTest, Report, ShiftTest, pick_control, summarize  # noqa: F401
+# The statistics and the loader need the ``report`` extra (DuckDB, SciPy,
+# numpy).  They are imported on first use, so that ``gateway report`` without
+# the extra can say what to install instead of failing on an import.
+_LAZY = {
+    "ArmData": "dataset", "Dataset": "dataset", "load": "dataset", "parse_since": "dataset",
+    "INSTALL_HINT": "engine",
+    "write_html": "html", "_import_matplotlib": "html",
+    "render_json": "render", "render_text": "render",
+    "ALPHA": "stats", "Z95": "stats", "Sample": "stats", "mann_whitney_u": "stats",
+    "median_diff_ci": "stats", "median_se": "stats", "newcombe_diff_interval": "stats",
+    "percentile": "stats", "two_proportion_z_test": "stats", "welch_test": "stats",
+    "wilson_interval": "stats",
+    "DEFINITIONS": "summary", "ArmStats": "summary", "Comparison": "summary", "CostTest": "summary",
+    "PropTest": "summary", "Report": "summary", "ShiftTest": "summary", "pick_control": "summary",
+    "summarize": "summary",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{module}", __name__), name)
+
 
 __all__ = [
     "ArmData",
@@ -103,6 +108,7 @@ __all__ = [
     "render_text",
     "summarize",
     "two_proportion_z_test",
+    "welch_test",
     "wilson_interval",
     "write_html",
 ]
@@ -139,23 +145,32 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # argparse: --help -> 0, bad usage -> 2
         return int(e.code or 0)
     try:
+        from .engine import require_extra
+
+        require_extra()  # one line naming the install command, before any work
+        from .dataset import load, parse_since
+        from .html import _import_matplotlib, write_html
+        from .render import render_json, render_text
+        from .summary import summarize
+
         if args.html:
             _import_matplotlib()  # fail before reading a big log
         since = parse_since(args.since) if args.since else None
         files = args.logfiles or ["-"]
         if files == ["-"] and getattr(sys.stdin, "isatty", lambda: False)():
             raise ReportError("no LOGFILE given and stdin is a terminal (try --help)")
-        ds = load(files, since=since, route=args.route)
-        report = summarize(ds, control=args.control)
-        if args.format == "json":
-            sys.stdout.write(render_json(report).decode("utf-8"))
-        else:
-            text = render_text(report)
-            sys.stdout.write(text if text.endswith("\n") else text + "\n")
-        sys.stdout.flush()
-        if args.html:
-            write_html(report, ds, args.html)
-            print(f"gateway report: wrote {args.html}", file=sys.stderr)
+        with load(files, since=since, route=args.route) as ds:
+            requests = ds.requests
+            report = summarize(ds, control=args.control)
+            if args.format == "json":
+                sys.stdout.write(render_json(report).decode("utf-8"))
+            else:
+                text = render_text(report)
+                sys.stdout.write(text if text.endswith("\n") else text + "\n")
+            sys.stdout.flush()
+            if args.html:
+                write_html(report, ds, args.html)
+                print(f"gateway report: wrote {args.html}", file=sys.stderr)
     except ReportError as e:
         print(f"gateway report: {e}", file=sys.stderr)
         return e.code
@@ -166,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
             pass
         return 1
-    if not ds.requests:
+    if not requests:
         print("gateway report: no request lines matched", file=sys.stderr)
         return 1
     return 0
