@@ -51,61 +51,80 @@ def utc_of_us(us: int) -> _dt.datetime:
     return _EPOCH + _dt.timedelta(microseconds=us)
 
 
-# Every field the report reads, by name, declared VARCHAR so that DuckDB's
-# reader never silently turns a value of the wrong type into NULL: the text
-# is cast below, and a failed cast is a counted malformed line with a reason.
-# Other fields (the schema grows) are not read at all.
+# Every field the report reads, by name; other fields (the schema grows) are
+# never read.  DuckDB reads them in one of two modes:
+#
+# * typed (the fast path): each field in its own type; DuckDB stops at the
+#   first line that is not JSON or holds a value it cannot convert;
+# * text (the strict path, taken only when the typed scan stopped): every
+#   field as VARCHAR, which never fails to convert, so each bad line is
+#   counted as malformed with its reason; the text of a number is cast below.
+#
+# Both modes give the same figures for a clean log.  Neither can tell a
+# missing field from a null one: DuckDB's reader yields NULL for both.
 _FIELDS = ("event", "schema", "ts", "route", "arm", "outcome", "ttft_ms", "latency_ms",
            "prompt_tokens", "completion_tokens", "cost_usd", "fallback_used")
-_COLUMNS = "{" + ", ".join(f"'{f}': 'VARCHAR'" for f in _FIELDS) + "}"
+_TYPES = {"schema": "BIGINT", "ttft_ms": "DOUBLE", "latency_ms": "DOUBLE", "cost_usd": "DOUBLE",
+          "prompt_tokens": "HUGEINT", "completion_tokens": "HUGEINT", "fallback_used": "BOOLEAN"}
 
 
-def _scan(param: str, compression: str) -> str:
+def _columns(typed: bool, route: bool) -> str:
+    fields = [f for f in _FIELDS if route or f != "route"]  # route is read only to filter on it
+    return "{" + ", ".join(f"'{f}': '{_TYPES.get(f, 'VARCHAR') if typed else 'VARCHAR'}'"
+                           for f in fields) + "}"
+
+
+def _scan(param: str, compression: str, typed: bool, route: bool) -> str:
     return (f"SELECT filename AS file, * EXCLUDE (filename) FROM read_ndjson(${param}, "
-            f"columns = {_COLUMNS}, records = true, format = 'newline_delimited', "
-            f"ignore_errors = true, filename = true, compression = '{compression}')")
+            f"columns = {_columns(typed, route)}, records = true, format = 'newline_delimited', "
+            f"ignore_errors = {'false' if typed else 'true'}, filename = true, "
+            f"compression = '{compression}')")
 
 
-def _number(f: str, kind: str = "DOUBLE") -> str:
-    return f"TRY_CAST({f} AS {kind})"
+def _value(f: str, typed: bool) -> str:
+    """The field in its type: as read (typed mode) or cast from its text."""
+    return f if typed else f"TRY_CAST({f} AS {_TYPES[f]})"
 
 
 def _quoted(f: str) -> str:
-    return f"'bad value for ''{f}'': ' || left({f}, 40)"
+    return f"'bad value for ''{f}'': ' || left({f}::VARCHAR, 40)"
 
 
 # Unix microseconds of the RFC 3339 ``ts``, or NULL.  An explicit offset is
 # required.  A leap second (``:60``, which TIMESTAMPTZ rejects) is read as
 # the last microsecond of its minute; years outside 0001-9999 (RFC 3339's
 # range, and Python's) make the line malformed rather than crash later.
-_TS_US = """
+_TS_US = r"""
 CASE WHEN NOT (suffix(ts, 'Z') OR suffix(ts, 'z') OR substr(ts, length(ts) - 5, 1) IN ('+', '-'))
      THEN NULL
      ELSE epoch_us(coalesce(
         TRY_CAST(ts AS TIMESTAMPTZ),
         CASE WHEN substr(ts, 18, 2) = '60'
-             THEN TRY_CAST(regexp_replace(ts, '^(.{17})60(\\.[0-9]*)?', '\\159.999999') AS TIMESTAMPTZ)
+             THEN TRY_CAST(regexp_replace(ts, '^(.{17})60(\.[0-9]*)?', '\159.999999') AS TIMESTAMPTZ)
         END))
 END"""
 _US_MIN = -62135596800 * 10**6                # 0001-01-01T00:00:00Z
 _US_MAX = 253402300799 * 10**6 + 999999       # 9999-12-31T23:59:59.999999Z
 
-# kind: 0 counted, 1 malformed, 2 skipped (another event or schema),
-#       3 filtered (--since / --route), 4 without arm
-_CLASSIFY = f"""
+
+def _classify_sql(scans: str, typed: bool, route: bool) -> str:
+    """One pass over the scans into the table ``lines``, one row per line:
+    kind 0 counted, 1 malformed (with its ``problem``), 2 skipped (another
+    event or schema), 3 filtered (--since / --route), 4 without arm."""
+    v = lambda f: _value(f, typed)  # noqa: E731
+    fb_bad = "FALSE" if typed else "fallback_used NOT IN ('true', 'false')"
+    fb = "fallback_used" if typed else "fallback_used = 'true'"
+    route_filter = "route IS DISTINCT FROM $route" if route else "FALSE"
+    return f"""
 CREATE TEMP TABLE lines AS
-WITH raw AS ({{scans}}),
+WITH raw AS ({scans}),
 typed AS (
-  SELECT file, event, route, arm, outcome, ts, ttft_ms, latency_ms, prompt_tokens,
-         completion_tokens, cost_usd, fallback_used,
-         {_number("schema", "BIGINT")} AS schema_i,
-         {_TS_US} AS us,
-         {_number("ttft_ms")} AS ttft, {_number("latency_ms")} AS lat,
-         {_number("cost_usd")} AS cost,
-         {_number("prompt_tokens", "HUGEINT")} AS pt, {_number("completion_tokens", "HUGEINT")} AS ct
+  SELECT *, {v("schema")} AS schema_i, {_TS_US} AS us, {v("ttft_ms")} AS ttft, {v("latency_ms")} AS lat,
+         {v("cost_usd")} AS cost, {v("prompt_tokens")} AS pt, {v("completion_tokens")} AS ct
   FROM raw
 ),
 judged AS (
+  -- a failed cast is NULL, so every check on a value is coalesced to false
   SELECT *, CASE
     WHEN event IS NULL THEN 'not a JSON object with an ''event'' field'
     WHEN event <> 'request' THEN NULL
@@ -114,10 +133,9 @@ judged AS (
     WHEN ts IS NULL THEN 'missing field ''ts'''
     WHEN outcome IS NULL THEN 'missing field ''outcome'''
     WHEN fallback_used IS NULL THEN 'missing field ''fallback_used'''
-    -- a failed cast is NULL, so every check below is coalesced to false
     WHEN us IS NULL THEN 'bad timestamp ' || left(ts, 40)
     WHEN us < {_US_MIN} OR us > {_US_MAX} THEN 'timestamp out of range (years 0001-9999): ' || left(ts, 40)
-    WHEN fallback_used NOT IN ('true', 'false') THEN {_quoted("fallback_used")}
+    WHEN {fb_bad} THEN {_quoted("fallback_used")}
     WHEN ttft_ms IS NOT NULL AND NOT coalesce(ttft >= 0 AND isfinite(ttft), false) THEN {_quoted("ttft_ms")}
     WHEN latency_ms IS NOT NULL AND NOT coalesce(lat >= 0 AND isfinite(lat), false) THEN {_quoted("latency_ms")}
     WHEN cost_usd IS NOT NULL AND NOT coalesce(cost >= 0 AND isfinite(cost), false) THEN {_quoted("cost_usd")}
@@ -126,32 +144,36 @@ judged AS (
   END AS problem
   FROM typed
 )
-SELECT file, problem, us, arm, outcome, ttft, lat, cost, pt, ct, fallback_used = 'true' AS fb,
+SELECT CASE WHEN problem IS NOT NULL THEN file END AS file, problem, us, arm, outcome, ttft, lat, cost,
+  pt, ct, {fb} AS fb,
   CASE WHEN problem IS NOT NULL THEN 1
        WHEN event <> 'request' OR schema_i < 1 THEN 2
-       WHEN us < $since_us OR ($route IS NOT NULL AND route IS DISTINCT FROM $route) THEN 3
+       WHEN us < $since_us OR {route_filter} THEN 3
        WHEN arm IS NULL THEN 4
        ELSE 0 END :: TINYINT AS kind
 FROM judged
 """
 
-# Token sums are exact: split each count (HUGEINT, up to 2^127) at 2^64 so
-# neither half's sum can overflow, and join the halves in Python's integers.
+
+# Token sums are exact: DuckDB sums HUGEINT counts (each up to 2^127) in
+# HUGEINT.  Should a sum pass 2^127, each count is split at 2^64 so neither
+# half's sum can overflow, and the halves are joined in Python's integers.
 _TWO64 = 2**64
 
 
-def _tokens(col: str, cond: str = "TRUE") -> str:
-    return (f"sum({col} // {_TWO64}) FILTER ({cond}), "
-            f"sum({col} % {_TWO64}) FILTER ({cond})")
-
-
-_PER_ARM = f"""
+def _per_arm_sql(split: bool) -> str:
+    def tokens(col: str, cond: str = "TRUE") -> str:
+        if not split:
+            return f"sum({col}) FILTER ({cond}), 0"
+        return f"sum({col} // {_TWO64}) FILTER ({cond}), sum({col} % {_TWO64}) FILTER ({cond})"
+    return f"""
 SELECT arm, count(*) AS n, count(*) FILTER (outcome = 'ok') AS ok,
        count(*) FILTER (fb) AS fallbacks, min(us), max(us),
-       {_tokens("pt")}, {_tokens("ct")}, {_tokens("ct", "cost IS NOT NULL")},
+       {tokens("pt")}, {tokens("ct")}, {tokens("ct", "cost IS NOT NULL")},
        count(cost), max(cost)
 FROM lines WHERE kind = 0 GROUP BY arm
 """
+
 
 # Cost moments on costs scaled by a power of two (exact for normal numbers):
 # the largest cost scales to [0.5, 1), so neither the sum nor the squares
@@ -162,12 +184,13 @@ SELECT arm, fsum(cost * $scale), var_samp(cost * $scale)
 FROM lines WHERE kind = 0 AND cost IS NOT NULL GROUP BY arm
 """
 
-_HISTOGRAMS = """
-SELECT 0 AS metric, arm, ttft AS v, count(*) AS c FROM lines WHERE kind = 0 AND ttft IS NOT NULL GROUP BY ALL
-UNION ALL
-SELECT 1, arm, lat, count(*) FROM lines WHERE kind = 0 AND outcome = 'ok' AND lat IS NOT NULL GROUP BY ALL
-ORDER BY metric, arm, v
-"""
+# Durations as (arm, distinct value, count); no ORDER BY, numpy sorts the
+# few groups faster than DuckDB sorts them for a UNION.
+_HISTOGRAM = {
+    "ttft": "SELECT arm, ttft AS v, count(*) AS c FROM lines WHERE kind = 0 AND ttft IS NOT NULL GROUP BY ALL",
+    "latency": "SELECT arm, lat AS v, count(*) AS c FROM lines "
+               "WHERE kind = 0 AND outcome = 'ok' AND lat IS NOT NULL GROUP BY ALL",
+}
 
 _MAX_EXAMPLES = 5
 
@@ -294,19 +317,28 @@ def load(sources: Iterable[Any] | Any = None, since: float | str | _dt.datetime 
 def _classify(engine: Engine, inputs: Inputs, since_us: int, route: str | None, ds: Dataset) -> None:
     import duckdb
 
-    def run() -> None:
-        scans, params = [], {"since_us": since_us, "route": route}
+    def run(typed: bool) -> None:
+        scans: list[str] = []
+        params: dict[str, Any] = {"since_us": since_us}
+        if route is not None:
+            params["route"] = route
         for param, files, compression in (("plain", inputs.plain, "none"), ("gz", inputs.gzip, "gzip")):
             if files:
-                scans.append(_scan(param, compression))
-                params[param] = files  # type: ignore[assignment]
+                scans.append(_scan(param, compression, typed, route is not None))
+                params[param] = files
         engine.con.execute("DROP TABLE IF EXISTS lines")
-        engine.con.execute(_CLASSIFY.replace("{scans}", " UNION ALL ".join(scans)), params)
+        engine.con.execute(_classify_sql(" UNION ALL ".join(scans), typed, route is not None), params)
+
+    def run_any() -> None:
+        try:
+            run(typed=True)
+        except duckdb.InvalidInputException:  # a line that is not JSON, or a value of the wrong type
+            run(typed=False)
 
     if not inputs.plain and not inputs.gzip:
         raise ReportError("no input files", 1)
     try:
-        run()
+        run_any()
     except duckdb.IOException:
         # A damaged gzip (truncated rotation, copy cut short) stops DuckDB's
         # whole scan; read the gzip inputs in Python up to the damage instead.
@@ -316,7 +348,7 @@ def _classify(engine: Engine, inputs: Inputs, since_us: int, route: str | None, 
         ds.malformed += len(problems)
         ds.lines += len(problems)
         ds.malformed_examples.extend(problems[:_MAX_EXAMPLES])
-        run()
+        run_any()
     except duckdb.Error as e:
         raise ReportError(f"cannot read the logs: {e}", 1) from None
 
@@ -340,16 +372,28 @@ def _count(engine: Engine, inputs: Inputs, ds: Dataset) -> None:
 
 
 def _per_arm(engine: Engine, ds: Dataset) -> None:
+    import duckdb
+    import numpy as np
+
     con = engine.con
+    split = False
+    try:
+        rows = con.execute(_per_arm_sql(split)).fetchall()
+    except duckdb.OutOfRangeException:  # a token sum beyond 2^127
+        split = True
+        rows = con.execute(_per_arm_sql(split)).fetchall()
+    unit = _TWO64 if split else 1
+
+    def join(hi: Any, lo: Any) -> int:
+        return int(hi or 0) * unit + int(lo or 0)
+
     max_cost = 0.0
     for (arm, n, ok, fallbacks, first, last, pt_hi, pt_lo, ct_hi, ct_lo, pct_hi, pct_lo,
-         priced, arm_max_cost) in con.execute(_PER_ARM).fetchall():
+         priced, arm_max_cost) in rows:
         ds.arms[arm] = ArmData(
             name=arm, requests=n, successes=ok, fallbacks=fallbacks, first_us=first, last_us=last,
-            prompt_tokens=int(pt_hi or 0) * _TWO64 + int(pt_lo or 0),
-            completion_tokens=int(ct_hi or 0) * _TWO64 + int(ct_lo or 0),
-            priced_completion_tokens=int(pct_hi or 0) * _TWO64 + int(pct_lo or 0),
-            priced=priced)
+            prompt_tokens=join(pt_hi, pt_lo), completion_tokens=join(ct_hi, ct_lo),
+            priced_completion_tokens=join(pct_hi, pct_lo), priced=priced)
         max_cost = max(max_cost, arm_max_cost or 0.0)
     if not ds.arms:
         return
@@ -362,19 +406,10 @@ def _per_arm(engine: Engine, ds: Dataset) -> None:
         a.cost_sum_scaled, a.cost_var_scaled = total, (var if var is not None else math.nan)
     for a in ds.arms.values():
         a.cost_exp = exp
-    hist = con.execute(_HISTOGRAMS).fetchnumpy()
-    if len(hist["arm"]):
-        _split_histograms(ds, hist)
-
-
-def _split_histograms(ds: Dataset, hist: dict[str, Any]) -> None:
-    """Cut the (metric, arm)-ordered histogram rows into one Sample each."""
-    keys = list(zip(hist["metric"].tolist(), hist["arm"].tolist()))
-    starts = [i for i in range(len(keys)) if i == 0 or keys[i] != keys[i - 1]]
-    for lo, hi in zip(starts, starts[1:] + [len(keys)]):
-        metric, arm = keys[lo]
-        sample = Sample(hist["v"][lo:hi], hist["c"][lo:hi])
-        if metric == 0:
-            ds.arms[arm].ttft = sample
-        else:
-            ds.arms[arm].latency = sample
+    for metric, sql in _HISTOGRAM.items():
+        h = con.execute(sql).fetchnumpy()
+        arms, values, counts = np.asarray(h["arm"], dtype=object), np.asarray(h["v"]), np.asarray(h["c"])
+        for name, a in ds.arms.items():
+            mine = arms == name
+            order = np.argsort(values[mine])
+            setattr(a, metric, Sample(values[mine][order], counts[mine][order]))
