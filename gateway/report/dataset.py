@@ -144,7 +144,7 @@ judged AS (
   END AS problem
   FROM typed
 )
-SELECT CASE WHEN problem IS NOT NULL THEN file END AS file, problem, us, arm, outcome, ttft, lat, cost,
+SELECT file, problem, us, arm, outcome, ttft, lat, cost,
   pt, ct, {fb} AS fb,
   CASE WHEN problem IS NOT NULL THEN 1
        WHEN event <> 'request' OR schema_i < 1 THEN 2

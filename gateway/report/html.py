@@ -15,6 +15,8 @@ from .render import render_text
 from .stats import percentile
 from .summary import Report
 
+_LAST_US = 253402300799 * 10**6  # 9999-12-31T23:59:59Z, matplotlib's last date
+
 _BUCKETS = (1, 5, 10, 30, 60, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400,
             7 * 86400)
 
@@ -50,8 +52,11 @@ def _png_data_uri(fig: Any) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _finish_time_chart(fig: Any, ax: Any, width: int, ylabel: str, title: str) -> None:
-    """Labels, grid and legend shared by the charts over time."""
+def _finish_time_chart(fig: Any, ax: Any, width: int, span: tuple[Any, Any], ylabel: str, title: str) -> None:
+    """Labels, grid, legend and x range shared by the charts over time.  The
+    x range is the data's own: matplotlib's default margin would reach before
+    year 1 for a log that starts there, and its dates stop at year 1."""
+    ax.set_xlim(*span)
     ax.set_ylabel(ylabel)
     ax.set_xlabel(f"time (UTC), {_duration_words(width)} buckets")
     ax.set_title(title)
@@ -101,6 +106,7 @@ def write_html(report: Report, dataset: Dataset, path: str) -> None:
         # bucket -> its middle as a datetime, in integer microseconds (a float
         # of seconds cannot hold the ends of years 0001..9999)
         to_dt = lambda i: utc_of_us(min(t0 + (2 * i + 1) * width * 500_000, t1))  # noqa: E731
+        span = (utc_of_us(t0), utc_of_us(min(t0 + max(t1 - t0, width * 10**6), _LAST_US)))
         fig = Figure(figsize=(9, 4.2))
         ax = fig.subplots()
         for idx, k in enumerate(names):
@@ -112,7 +118,7 @@ def write_html(report: Report, dataset: Dataset, path: str) -> None:
                 ax.plot(*zip(*p50), color=color, marker=".", label=f"{k} p50")
             if p95:
                 ax.plot(*zip(*p95), color=color, linestyle="--", label=f"{k} p95")
-        _finish_time_chart(fig, ax, width, "latency of ok requests (ms)",
+        _finish_time_chart(fig, ax, width, span, "latency of ok requests (ms)",
                            "Latency over time per arm (p50 solid, p95 dashed)")
         images.append(("Latency over time", _png_data_uri(fig)))
 
@@ -122,7 +128,7 @@ def write_html(report: Report, dataset: Dataset, path: str) -> None:
             pts = [(to_dt(b), 100 * errors / n) for arm, b, n, errors, _, _, _ in rows if arm == k]
             if pts:
                 ax.plot(*zip(*pts), color=f"C{idx}", marker=".", label=k)
-        _finish_time_chart(fig, ax, width, "error rate (%)", "Error rate over time per arm")
+        _finish_time_chart(fig, ax, width, span, "error rate (%)", "Error rate over time per arm")
         images.append(("Error rate over time", _png_data_uri(fig)))
 
     esc = _html.escape
