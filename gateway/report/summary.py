@@ -32,7 +32,7 @@ DEFINITIONS = {
     "cost_per_1m_completion_tokens": "total cost / completion tokens of priced requests * 1e6",
     "median_diff_ci95": "arm - control; Bonett-Price (2002) order-statistic standard errors, normal CI",
     "median_se": "exact binomial coverage up to n = 1000 per arm, its normal approximation above "
-                 "(relative error below 1.4e-4)",
+                 "(standard error within a relative 3e-4 of exact)",
     "shift_p_value": "two-sided Mann-Whitney U: exact when one arm has at most 8 values, the other at "
                      "most 1000 and no ties; else normal approximation, tie and continuity corrected",
     "error_p_value": "two-sided pooled two-proportion z-test (p from erfc, exact in the far tail); "
