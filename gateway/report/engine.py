@@ -46,6 +46,9 @@ class Engine:
         # TIMESTAMPTZ casts honour the offset written in the log; UTC only
         # matters for the rendering of values, which we do in Python.
         self.con.execute("SET TimeZone = 'UTC'")
+        # DuckDB draws a progress bar on a terminal for queries over 2 s; the
+        # report's stdout and stderr are its own
+        self.con.execute("SET enable_progress_bar = false")
         if memory_limit is not None:
             self.con.execute("SET memory_limit = ?", [memory_limit])
 
