@@ -144,11 +144,11 @@ def test_wilson_interval_matches_reference_values():
     assert wilson_interval(0, 0) is None
 
 
-def test_mann_whitney_without_ties_matches_hand_computation():
+def test_mann_whitney_of_small_samples_without_ties_is_exact():
     u, p, prob = mann_whitney_u([1, 2, 3], [4, 5, 6])
     assert u == 0                      # no a exceeds any b
-    # mu = 4.5, var = 3*3/12 * 7 = 5.25, z = (4.5 - 0.5)/sqrt(5.25)
-    assert p == pytest.approx(2 * NormalDist().cdf(-4 / math.sqrt(5.25)))
+    # exact: U = 0 is 1 of the C(6,3) = 20 equally likely splits; two-sided: 2/20
+    assert p == pytest.approx(0.1, rel=1e-12)
     assert prob == 1.0
 
 
@@ -359,7 +359,7 @@ def test_unknown_control_arm_exits_2(tmp_path, capsys):
 def test_malformed_lines_are_counted_not_fatal(tmp_path, capsys):
     good = as_bytes([record(), record(arm="canary")])
     missing = record()
-    del missing["latency_ms"]
+    del missing["outcome"]
     junk = b"\n".join([
         b"garbage here",
         b'{"schema":1,"event":"request","ts":"2026-11-26T04:3',   # truncated
@@ -369,13 +369,13 @@ def test_malformed_lines_are_counted_not_fatal(tmp_path, capsys):
         orjson.dumps(record(ts="yesterday")),                        # bad timestamp
         b"",                                                         # blank: ignored
         orjson.dumps({"event": "startup", "level": "info"}),         # other event: skipped
-        orjson.dumps(record(schema=2)),                              # other schema: skipped
+        orjson.dumps(record(schema=0)),                              # other schema: skipped
     ]) + b"\n"
     path = tmp_path / "r.log"
     path.write_bytes(good + junk)
     ds = load([str(path)])
     assert ds.malformed == 6 and ds.skipped == 2 and ds.requests == 2
-    assert any("latency_ms" in ex for ex in ds.malformed_examples)
+    assert any("outcome" in ex for ex in ds.malformed_examples)
     assert main([str(path)]) == 0
     assert "6 malformed" in capsys.readouterr().out
 

@@ -1,20 +1,32 @@
 """``gateway report`` -- the A/B (canary) report over request logs.
 
-Reads request logs in schema v1 (docs/log-schema.md), one JSON object per line,
-plain or gzip (detected by magic bytes), from files or stdin, and compares the
-arms of a route: time to first token, latency, error rate and cost.
+Reads request logs (docs/log-schema.md), one JSON object per line, plain or
+gzip (detected by magic bytes), from files, glob patterns of rotated files
+(``'logs/*.jsonl.gz'``) or stdin, with DuckDB, and compares the arms of a
+route: time to first token, latency, error rate and cost.  DuckDB spills to a
+private temp directory when a log does not fit in memory.
 
 Usage::
 
-    gateway report LOGFILE... [--since TIME] [--route NAME] [--control ARM]
+    gateway report LOGFILE_OR_GLOB... [--since TIME] [--route NAME] [--control ARM]
                    [--format text|json] [--html FILE]
+
+Needs the ``report`` extra (DuckDB, SciPy, matplotlib):
+``pip install 'llm-gateway[report]'``; without it the command says so in one
+line and exits 2.
 
 Definitions (also written into the JSON report under ``definitions``):
 
-* Request lines: ``"event": "request"`` and ``"schema": 1``.  Other events and
-  other schema versions are *skipped*.  Lines that are not JSON, not an
-  object, lack a field the report needs or hold a wrong type are *malformed*:
-  counted, the first few quoted, never fatal.  Requests with ``arm: null``
+* Request lines: ``"event": "request"`` and an integer ``"schema"`` >= 1.
+  Other events and schema versions below 1 are *skipped*.  Fields are read by
+  name; fields the report does not use are ignored.  Lines that are not JSON,
+  not an object, lack ``event``, ``schema``, ``ts``, ``outcome`` or
+  ``fallback_used``, or hold a value that is not of its type (a number that
+  is not a number, a negative or non-finite duration or cost, a token count
+  beyond 2^127, a timestamp without offset or outside years 0001-9999) are
+  *malformed*: counted, the first few quoted with file and line, never fatal.
+  A missing nullable field reads as null.  A leap second (``23:59:60``) is
+  read as the last microsecond of its minute.  Requests with ``arm: null``
   (routing failed) cannot be attributed to an arm: counted as *unassigned*.
 * success: ``outcome == "ok"``; error: any other outcome (client errors and
   client disconnects included -- the outcome breakdown shows which).
@@ -29,69 +41,70 @@ Definitions (also written into the JSON report under ``definitions``):
 * cost per request: mean ``cost_usd`` over requests that have a price (a
   null ``cost_usd`` means the model has no price); cost per 1k requests is
   1000x that; cost per 1M completion tokens is total cost / completion tokens
-  of the priced requests x 1e6.  Totals are sums over priced requests.
+  of the priced requests x 1e6.  Totals are sums over priced requests; a
+  total beyond the largest double is not shown, with a warning.  Token
+  totals are exact integers of any size.
 * TTFT / latency comparison (arm vs control): difference of medians
   (arm - control) with a 95 % CI from the Bonett & Price (2002) standard
   error of a sample median (distribution-free, from two order statistics of
-  each sorted sample; deterministic, O(1) after the sort, so it stays exact
-  on millions of lines).  Significance: two-sided Mann-Whitney U test, normal
-  approximation with tie correction and continuity correction.  The verdict
-  "significant" comes from the U test; the CI sizes the median shift (the two
-  can disagree when distributions differ in shape but not in median).
+  each sample; its binomial coverage is exact up to n = 1000 and a normal
+  approximation above, within a relative 3e-4).  Significance: two-sided
+  Mann-Whitney U test, exact (scipy) when one arm has at most 8 values, the
+  other at most 1000 and there are no ties, else the normal approximation
+  with tie and continuity correction.  The verdict "significant" comes from
+  the U test; the CI sizes the median shift (the two can disagree when
+  distributions differ in shape but not in median).  The faster arm is the
+  one with the lower median, also when the arms are too small to test.
 * error rate comparison: two-sided two-proportion z-test (pooled) for the
-  p-value, Newcombe's hybrid score interval for the difference.
-* cost comparison: ratio of mean cost per priced request; significance from a
-  Welch (unequal variance) z-test on the per-request cost.
+  p-value (from erfc, exact in the far tail), Newcombe's hybrid score
+  interval for the difference.
+* cost comparison: ratio of mean cost per priced request; significance from
+  Welch's unequal-variance t-test (t distribution, scipy) on the per-request
+  cost.
 * No correction for multiple comparisons is applied.
 
-Only the standard library and orjson are needed; ``--html`` additionally
-needs matplotlib (``pip install 'llm-gateway[report]'``).
-
-Modules: ``stats`` (pure statistics), ``dataset`` (log lines -> per-arm
-samples), ``summary`` (statistics and comparisons as data), ``render`` (text
-and JSON), ``html`` (charts); this package holds the CLI, ``main``.
+Modules: ``engine`` (the DuckDB connection, the extra's install hint),
+``sources`` (inputs -> files DuckDB reads), ``dataset`` (log lines -> per-arm
+figures, in DuckDB), ``stats`` (pure statistics), ``summary`` (statistics and
+comparisons as data), ``render`` (text and JSON), ``html`` (charts); this
+package holds the CLI, ``main``.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import io
 import os
 import sys
+from typing import Any
 
-from .dataset import ArmData, Dataset, load, parse_since
 from .errors import ReportError
 
-# The other public names of the single-module gateway.report stay importable
-# from here (outside __all__, as before the split).
-from .html import (
-    INSTALL_HINT,  # noqa: F401
-    _import_matplotlib,
-    write_html,
-)
-from .render import render_json, render_text
-from .stats import (  # noqa: F401
-    ALPHA,
-    Z95,
-    mann_whitney_u,
-    median_diff_ci,
-    median_se,
-    newcombe_diff_interval,
-    percentile,
-    two_proportion_z_test,
-    wilson_interval,
-)
-from .summary import (  # noqa: F401
-    DEFINITIONS,
-    ArmStats,
-    Comparison,
-    CostTest,
-    PropTest,
-    Report,
-    ShiftTest,
-    pick_control,
-    summarize,
-)
+# The statistics and the loader need the ``report`` extra (DuckDB, SciPy,
+# numpy).  They are imported on first use, so that ``gateway report`` without
+# the extra can say what to install instead of failing on an import.
+_LAZY = {
+    "ArmData": "dataset", "Dataset": "dataset", "load": "dataset", "parse_since": "dataset",
+    "INSTALL_HINT": "engine",
+    "write_html": "html", "_import_matplotlib": "html",
+    "render_json": "render", "render_text": "render",
+    "ALPHA": "stats", "Z95": "stats", "Sample": "stats", "mann_whitney_u": "stats",
+    "median_diff_ci": "stats", "median_se": "stats", "newcombe_diff_interval": "stats",
+    "percentile": "stats", "two_proportion_z_test": "stats", "welch_test": "stats",
+    "wilson_interval": "stats",
+    "DEFINITIONS": "summary", "ArmStats": "summary", "Comparison": "summary", "CostTest": "summary",
+    "PropTest": "summary", "Report": "summary", "ShiftTest": "summary", "pick_control": "summary",
+    "summarize": "summary",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{module}", __name__), name)
+
 
 __all__ = [
     "ArmData",
@@ -113,6 +126,7 @@ __all__ = [
     "render_text",
     "summarize",
     "two_proportion_z_test",
+    "welch_test",
     "wilson_interval",
     "write_html",
 ]
@@ -121,10 +135,11 @@ __all__ = [
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="gateway report",
-        description="A/B report over gateway request logs (schema v1): TTFT, latency, "
+        description="A/B report over gateway request logs: TTFT, latency, "
                     "error rate and cost per arm, each arm against the control arm.")
     p.add_argument("logfiles", nargs="*", metavar="LOGFILE",
-                   help="request log, plain or gzip; '-' or none reads stdin")
+                   help="request log, plain or gzip, or a quoted glob ('logs/*.jsonl.gz'); "
+                        "'-' or none reads stdin")
     p.add_argument("--since", metavar="TIME",
                    help="only requests at or after TIME: RFC 3339 (2026-11-26T04:00:00Z) "
                         "or a duration before now (30m, 2h, 7d)")
@@ -140,7 +155,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; returns the exit code (0 ok, 1 no requests / unreadable
-    input, 2 usage error or missing matplotlib)."""
+    input, 2 usage error or missing ``report`` extra)."""
     if argv is None:
         argv = sys.argv[1:]
     parser = _parser()
@@ -149,23 +164,32 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # argparse: --help -> 0, bad usage -> 2
         return int(e.code or 0)
     try:
+        from .engine import require_extra
+
+        require_extra()  # one line naming the install command, before any work
+        from .dataset import load, parse_since
+        from .html import _import_matplotlib, write_html
+        from .render import render_json, render_text
+        from .summary import summarize
+
         if args.html:
             _import_matplotlib()  # fail before reading a big log
         since = parse_since(args.since) if args.since else None
         files = args.logfiles or ["-"]
         if files == ["-"] and getattr(sys.stdin, "isatty", lambda: False)():
             raise ReportError("no LOGFILE given and stdin is a terminal (try --help)")
-        ds = load(files, since=since, route=args.route)
-        report = summarize(ds, control=args.control)
-        if args.format == "json":
-            sys.stdout.write(render_json(report).decode("utf-8"))
-        else:
-            text = render_text(report)
-            sys.stdout.write(text if text.endswith("\n") else text + "\n")
-        sys.stdout.flush()
-        if args.html:
-            write_html(report, ds, args.html)
-            print(f"gateway report: wrote {args.html}", file=sys.stderr)
+        with load(files, since=since, route=args.route) as ds:
+            requests = ds.requests
+            report = summarize(ds, control=args.control)
+            if args.format == "json":
+                sys.stdout.write(render_json(report).decode("utf-8"))
+            else:
+                text = render_text(report)
+                sys.stdout.write(text if text.endswith("\n") else text + "\n")
+            sys.stdout.flush()
+            if args.html:
+                write_html(report, ds, args.html)
+                print(f"gateway report: wrote {args.html}", file=sys.stderr)
     except ReportError as e:
         print(f"gateway report: {e}", file=sys.stderr)
         return e.code
@@ -176,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
             pass
         return 1
-    if not ds.requests:
+    if not requests:
         print("gateway report: no request lines matched", file=sys.stderr)
         return 1
     return 0

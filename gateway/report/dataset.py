@@ -1,25 +1,27 @@
-"""Reading request logs (schema v1) into per-arm samples: files or stdin,
-plain or gzip, ``--since``/``--route`` filters, malformed lines counted."""
+"""Request logs read by DuckDB into per-arm figures: one scan of every input
+into a typed table, classified line by line (counted, malformed, skipped,
+filtered, without arm), then small aggregate queries over that table."""
 
 from __future__ import annotations
 
 import datetime as _dt
-import gzip
-import io
+import math
 import re
-import sys
 import time
-from array import array
+import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import Any
 
-import orjson
-
+from .engine import Engine
 from .errors import ReportError
+from .sources import Inputs, resolve, salvage_gzip
+from .stats import Sample
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _REL_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$", re.IGNORECASE)
+_UTC = _dt.UTC
+_EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_UTC)
 
 
 def parse_since(text: str, now: float | None = None) -> float:
@@ -39,112 +41,191 @@ def parse_since(text: str, now: float | None = None) -> float:
             f"--since: cannot parse {text!r}; use RFC 3339 (2026-11-26T04:00:00Z) "
             "or a duration like 30m, 2h, 7d") from None
     if t.tzinfo is None:
-        t = t.replace(tzinfo=_dt.UTC)
+        t = t.replace(tzinfo=_UTC)
     return t.timestamp()
 
 
-_UTC = _dt.UTC
+def utc_of_us(us: int) -> _dt.datetime:
+    """Unix microseconds to an aware datetime, in integers: a float of
+    seconds cannot hold 9999-12-31T23:59:59.999999 (it rounds into year 10000)."""
+    return _EPOCH + _dt.timedelta(microseconds=us)
 
 
-class _TsParser:
-    """RFC 3339 -> Unix seconds.
-
-    Fast path for the gateway's own ``YYYY-MM-DDTHH:MM:SS[.fff]Z``: it
-    remembers the last whole-second prefix (``prefix``/``base``; logs are
-    chronological) and fills ``fracs`` with validated suffixes (``.123Z`` ->
-    0.123), so the hot loop can do ``base + fracs[ts[19:]]`` inline when
-    ``ts[:19] == prefix``, without calling this at all.
-    """
-
-    __slots__ = ("prefix", "base", "day", "day_base", "fracs")
-
-    def __init__(self) -> None:
-        self.prefix = ""
-        self.base = 0.0
-        self.day = ""
-        self.day_base = 0.0
-        self.fracs: dict[str, float] = {"Z": 0.0, "z": 0.0}
-
-    def __call__(self, ts: str) -> float:
-        if len(ts) >= 20 and ts[-1] in "Zz" and ts[10] in "Tt ":
-            prefix = ts[:19]
-            if prefix == self.prefix:
-                base = self.base
-            else:
-                day = ts[:10]
-                if day != self.day:
-                    t = _dt.datetime.fromisoformat(day)
-                    self.day_base = t.replace(tzinfo=_UTC).timestamp()
-                    self.day = day
-                hms = ts[11:13] + ts[14:16] + ts[17:19]
-                if ts[13] != ":" or ts[16] != ":" or not hms.isdigit() or not hms.isascii():
-                    raise ValueError("bad time of day")
-                h, mi, s = int(hms[:2]), int(hms[2:4]), int(hms[4:])
-                if h > 23 or mi > 59 or s > 60:
-                    raise ValueError("bad time of day")
-                base = self.day_base + (h * 3600 + mi * 60 + s)
-                self.prefix, self.base = prefix, base
-            suffix = ts[19:]
-            frac = self.fracs.get(suffix)
-            if frac is None:
-                digits = suffix[1:-1]
-                if suffix[0] != "." or not digits.isdigit() or not digits.isascii():
-                    raise ValueError("bad fraction")
-                frac = float("0." + digits)
-                if len(self.fracs) < 20000:
-                    self.fracs[suffix] = frac
-            return base + frac
-        t = _dt.datetime.fromisoformat(ts)
-        if t.tzinfo is None:
-            raise ValueError("timestamp without offset")
-        return t.timestamp()
+# Every field the report reads, by name; other fields (the schema grows) are
+# never read.  DuckDB reads them in one of two modes:
+#
+# * typed (the fast path): each field in its own type; DuckDB stops at the
+#   first line that is not JSON or holds a value it cannot convert;
+# * text (the strict path, taken only when the typed scan stopped): every
+#   field as VARCHAR, which never fails to convert, so each bad line is
+#   counted as malformed with its reason; the text of a number is cast below.
+#
+# Both modes give the same figures for a clean log.  Neither can tell a
+# missing field from a null one: DuckDB's reader yields NULL for both.
+_FIELDS = ("event", "schema", "ts", "route", "arm", "outcome", "ttft_ms", "latency_ms",
+           "prompt_tokens", "completion_tokens", "cost_usd", "fallback_used")
+_TYPES = {"schema": "BIGINT", "ttft_ms": "DOUBLE", "latency_ms": "DOUBLE", "cost_usd": "DOUBLE",
+          "prompt_tokens": "HUGEINT", "completion_tokens": "HUGEINT", "fallback_used": "BOOLEAN"}
 
 
+def _columns(typed: bool, route: bool) -> str:
+    fields = [f for f in _FIELDS if route or f != "route"]  # route is read only to filter on it
+    return "{" + ", ".join(f"'{f}': '{_TYPES.get(f, 'VARCHAR') if typed else 'VARCHAR'}'"
+                           for f in fields) + "}"
+
+
+def _scan(param: str, compression: str, typed: bool, route: bool) -> str:
+    return (f"SELECT filename AS file, * EXCLUDE (filename) FROM read_ndjson(${param}, "
+            f"columns = {_columns(typed, route)}, records = true, format = 'newline_delimited', "
+            f"ignore_errors = {'false' if typed else 'true'}, filename = true, "
+            f"compression = '{compression}')")
+
+
+def _value(f: str, typed: bool) -> str:
+    """The field in its type: as read (typed mode) or cast from its text."""
+    return f if typed else f"TRY_CAST({f} AS {_TYPES[f]})"
+
+
+def _quoted(f: str) -> str:
+    return f"'bad value for ''{f}'': ' || left({f}::VARCHAR, 40)"
+
+
+# Unix microseconds of the RFC 3339 ``ts``, or NULL.  An explicit offset is
+# required.  A leap second (``:60``, which TIMESTAMPTZ rejects) is read as
+# the last microsecond of its minute; years outside 0001-9999 (RFC 3339's
+# range, and Python's) make the line malformed rather than crash later.
+_TS_US = r"""
+CASE WHEN NOT (suffix(ts, 'Z') OR suffix(ts, 'z') OR substr(ts, length(ts) - 5, 1) IN ('+', '-'))
+     THEN NULL
+     ELSE epoch_us(coalesce(
+        TRY_CAST(ts AS TIMESTAMPTZ),
+        CASE WHEN substr(ts, 18, 2) = '60'
+             THEN TRY_CAST(regexp_replace(ts, '^(.{17})60(\.[0-9]*)?', '\159.999999') AS TIMESTAMPTZ)
+        END))
+END"""
+_US_MIN = -62135596800 * 10**6                # 0001-01-01T00:00:00Z
+_US_MAX = 253402300799 * 10**6 + 999999       # 9999-12-31T23:59:59.999999Z
+
+
+def _classify_sql(scans: str, typed: bool, route: bool) -> str:
+    """One pass over the scans into the table ``lines``, one row per line:
+    kind 0 counted, 1 malformed (with its ``problem``), 2 skipped (another
+    event or schema), 3 filtered (--since / --route), 4 without arm."""
+    v = lambda f: _value(f, typed)  # noqa: E731
+    fb_bad = "FALSE" if typed else "fallback_used NOT IN ('true', 'false')"
+    fb = "fallback_used" if typed else "fallback_used = 'true'"
+    route_filter = "route IS DISTINCT FROM $route" if route else "FALSE"
+    return f"""
+CREATE TEMP TABLE lines AS
+WITH raw AS ({scans}),
+typed AS (
+  SELECT *, {v("schema")} AS schema_i, {_TS_US} AS us, {v("ttft_ms")} AS ttft, {v("latency_ms")} AS lat,
+         {v("cost_usd")} AS cost, {v("prompt_tokens")} AS pt, {v("completion_tokens")} AS ct
+  FROM raw
+),
+judged AS (
+  -- a failed cast is NULL, so every check on a value is coalesced to false
+  SELECT *, CASE
+    WHEN event IS NULL THEN 'not a JSON object with an ''event'' field'
+    WHEN event <> 'request' THEN NULL
+    WHEN schema_i IS NULL THEN 'missing or non-integer ''schema'''
+    WHEN schema_i < 1 THEN NULL
+    WHEN ts IS NULL THEN 'missing field ''ts'''
+    WHEN outcome IS NULL THEN 'missing field ''outcome'''
+    WHEN fallback_used IS NULL THEN 'missing field ''fallback_used'''
+    WHEN us IS NULL THEN 'bad timestamp ' || left(ts, 40)
+    WHEN us < {_US_MIN} OR us > {_US_MAX} THEN 'timestamp out of range (years 0001-9999): ' || left(ts, 40)
+    WHEN {fb_bad} THEN {_quoted("fallback_used")}
+    WHEN ttft_ms IS NOT NULL AND NOT coalesce(ttft >= 0 AND isfinite(ttft), false) THEN {_quoted("ttft_ms")}
+    WHEN latency_ms IS NOT NULL AND NOT coalesce(lat >= 0 AND isfinite(lat), false) THEN {_quoted("latency_ms")}
+    WHEN cost_usd IS NOT NULL AND NOT coalesce(cost >= 0 AND isfinite(cost), false) THEN {_quoted("cost_usd")}
+    WHEN prompt_tokens IS NOT NULL AND NOT coalesce(pt >= 0, false) THEN {_quoted("prompt_tokens")}
+    WHEN completion_tokens IS NOT NULL AND NOT coalesce(ct >= 0, false) THEN {_quoted("completion_tokens")}
+  END AS problem
+  FROM typed
+)
+SELECT file, problem, us, arm, outcome, ttft, lat, cost,
+  pt, ct, {fb} AS fb,
+  CASE WHEN problem IS NOT NULL THEN 1
+       WHEN event <> 'request' OR schema_i < 1 THEN 2
+       WHEN us < $since_us OR {route_filter} THEN 3
+       WHEN arm IS NULL THEN 4
+       ELSE 0 END :: TINYINT AS kind
+FROM judged
+"""
+
+
+# Token sums are exact: DuckDB sums HUGEINT counts (each up to 2^127) in
+# HUGEINT.  Should a sum pass 2^127, each count is split at 2^64 so neither
+# half's sum can overflow, and the halves are joined in Python's integers.
+_TWO64 = 2**64
+
+
+def _per_arm_sql(split: bool) -> str:
+    def tokens(col: str, cond: str = "TRUE") -> str:
+        if not split:
+            return f"sum({col}) FILTER ({cond}), 0"
+        return f"sum({col} // {_TWO64}) FILTER ({cond}), sum({col} % {_TWO64}) FILTER ({cond})"
+    return f"""
+SELECT arm, count(*) AS n, count(*) FILTER (outcome = 'ok') AS ok,
+       count(*) FILTER (fb) AS fallbacks, min(us), max(us),
+       {tokens("pt")}, {tokens("ct")}, {tokens("ct", "cost IS NOT NULL")},
+       count(cost), max(cost)
+FROM lines WHERE kind = 0 GROUP BY arm
+"""
+
+
+# Cost moments on costs scaled by a power of two (exact for normal numbers):
+# the largest cost scales to [0.5, 1), so neither the sum nor the squares
+# of a log full of 1e308 overflow.  Welch's t and the arms' ratio do not
+# change with the scale; only the displayed totals are scaled back.
+_COST = """
+SELECT arm, fsum(cost * $scale), var_samp(cost * $scale)
+FROM lines WHERE kind = 0 AND cost IS NOT NULL GROUP BY arm
+"""
+
+# Durations as (arm, distinct value, count); no ORDER BY, numpy sorts the
+# few groups faster than DuckDB sorts them for a UNION.
+_HISTOGRAM = {
+    "ttft": "SELECT arm, ttft AS v, count(*) AS c FROM lines WHERE kind = 0 AND ttft IS NOT NULL GROUP BY ALL",
+    "latency": "SELECT arm, lat AS v, count(*) AS c FROM lines "
+               "WHERE kind = 0 AND outcome = 'ok' AND lat IS NOT NULL GROUP BY ALL",
+}
+
+_MAX_EXAMPLES = 5
+
+
+def rescale(x: float, exp: int) -> float:
+    """x * 2**exp, inf where the product exceeds a double."""
+    try:
+        return math.ldexp(x, exp)
+    except OverflowError:
+        return math.inf
+
+
+@dataclass
 class ArmData:
-    """Raw per-arm samples, in file order."""
-
-    __slots__ = ("name", "ts", "err", "ttft", "lat_ok", "ts_ok", "cost", "outcomes",
-                 "_pt", "_ct", "_pct", "_fb")
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.ts = array("d")         # arrival time (Unix s) of every request
-        self.err = bytearray()       # 1 where outcome != ok, aligned with ts
-        self.ttft = array("d")       # ttft_ms where not null
-        self.lat_ok = array("d")     # latency_ms of ok requests
-        self.ts_ok = array("d")      # arrival time aligned with lat_ok
-        self.cost = array("d")       # cost_usd where not null
-        self.outcomes: dict[str, int] = {}
-        self._pt = array("q")        # prompt_tokens where non-zero
-        self._ct = array("q")        # completion_tokens where non-zero
-        self._pct = array("q")       # completion_tokens of priced requests
-        self._fb = array("d")        # arrival time of requests with fallback_used
-
-    def sink(self) -> tuple:
-        """Bound appenders for the loader's hot loop."""
-        return (self.ts.append, self.err.append, self.lat_ok.append, self.ts_ok.append,
-                self.ttft.append, self.cost.append, self.outcomes, self._pt.append,
-                self._ct.append, self._pct.append, self._fb.append)
+    """One arm's figures as read from the log (aggregated by DuckDB)."""
+    name: str
+    requests: int = 0
+    successes: int = 0
+    outcomes: dict[str, int] = field(default_factory=dict)
+    ttft: Sample = field(default_factory=lambda: Sample([], []))      # ttft_ms, any outcome
+    latency: Sample = field(default_factory=lambda: Sample([], []))   # latency_ms, ok only
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    priced_completion_tokens: int = 0
+    fallbacks: int = 0
+    first_us: int | None = None
+    last_us: int | None = None
+    priced: int = 0                    # requests with a cost_usd
+    cost_sum_scaled: float = 0.0       # sum of cost_usd * 2**-cost_exp
+    cost_var_scaled: float = math.nan  # sample variance of cost_usd * 2**-cost_exp
+    cost_exp: int = 0                  # shared by all arms of a dataset
 
     @property
-    def requests(self) -> int:
-        return len(self.ts)
-
-    @property
-    def prompt_tokens(self) -> int:
-        return sum(self._pt)
-
-    @property
-    def completion_tokens(self) -> int:
-        return sum(self._ct)
-
-    @property
-    def priced_completion_tokens(self) -> int:
-        return sum(self._pct)
-
-    @property
-    def fallbacks(self) -> int:
-        return len(self._fb)
+    def cost_usd(self) -> float:
+        return rescale(self.cost_sum_scaled, self.cost_exp)
 
 
 @dataclass
@@ -159,228 +240,176 @@ class Dataset:
     malformed_examples: list[str] = field(default_factory=list)
     since: float | None = None
     route: str | None = None
+    engine: Engine | None = field(default=None, repr=False)
 
     @property
     def requests(self) -> int:
         return sum(a.requests for a in self.arms.values())
 
+    def close(self) -> None:
+        if self.engine is not None:
+            self.engine.close()
+            self.engine = None
 
-_MAX_EXAMPLES = 5
-_NUM = (int, float)
-_REQUIRED = ("ts", "route", "arm", "outcome", "ttft_ms", "latency_ms",
-             "prompt_tokens", "completion_tokens", "cost_usd", "fallback_used")
+    def __enter__(self) -> Dataset:
+        return self
 
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
-def _why_malformed(d: dict, parse_ts: _TsParser) -> str:
-    """Slow path: say which field is wrong (only called for bad lines)."""
-    for k in _REQUIRED:
-        if k not in d:
-            return f"missing field {k!r}"
-    checks = (
-        ("ts", lambda v: type(v) is str),
-        ("outcome", lambda v: type(v) is str),
-        ("route", lambda v: v is None or type(v) is str),
-        ("arm", lambda v: v is None or type(v) is str),
-        ("fallback_used", lambda v: type(v) is bool),
-        ("ttft_ms", lambda v: v is None or (type(v) in _NUM and v >= 0)),
-        ("latency_ms", lambda v: v is None or (type(v) in _NUM and v >= 0)),
-        ("cost_usd", lambda v: v is None or (type(v) in _NUM and v >= 0)),
-        ("prompt_tokens", lambda v: v is None or (type(v) is int and v >= 0)),
-        ("completion_tokens", lambda v: v is None or (type(v) is int and v >= 0)),
-    )
-    for k, ok in checks:
-        if not ok(d[k]):
-            return f"bad value for {k!r}: {d[k]!r:.40}"
-    try:
-        parse_ts(d["ts"])
-    except (ValueError, IndexError):
-        return f"bad timestamp {d['ts']!r:.40}"
-    return "invalid"
+    def over_time(self, t0_us: int, width_s: int) -> list[tuple[str, int, int, int, Any, Any, int]]:
+        """Per arm and time bucket of ``width_s`` from ``t0_us``: (arm, bucket,
+        requests, errors, ok with latency, latency p50, latency p95)."""
+        if self.engine is None:
+            raise ReportError("the dataset is closed")
+        rows: list[tuple[str, int, int, int, Any, Any, int]] = self.engine.con.execute("""
+            SELECT arm, (us - $t0) // $w AS b, count(*), count(*) FILTER (outcome <> 'ok'),
+                   quantile_cont(lat, 0.5) FILTER (outcome = 'ok'),
+                   quantile_cont(lat, 0.95) FILTER (outcome = 'ok'),
+                   count(lat) FILTER (outcome = 'ok')
+            FROM lines WHERE kind = 0 GROUP BY ALL ORDER BY arm, b""",
+            {"t0": t0_us, "w": width_s * 10**6}).fetchall()
+        return rows
 
 
-def _open_stream(src: Any) -> tuple[IO[bytes], str, Any]:
-    """(binary line stream, display name, thing to close or None)."""
-    if isinstance(src, (str, bytes)) or hasattr(src, "__fspath__"):
-        name = str(src)
-        try:
-            f = open(src, "rb")
-        except OSError as e:
-            raise ReportError(f"cannot open {name}: {e.strerror or e}", 1) from None
-        closer: Any = f
-    else:
-        f = src
-        name = getattr(src, "name", "<stream>")
-        if not isinstance(name, str):
-            name = "<stream>"
-        closer = None
-    if not hasattr(f, "peek"):
-        f = io.BufferedReader(f)  # type: ignore[arg-type]
-    if f.peek(2)[:2] == b"\x1f\x8b":
-        f = gzip.GzipFile(fileobj=f, mode="rb")  # type: ignore[assignment]
-    return f, name, closer
+def _since_us(since: float | str | _dt.datetime | None) -> tuple[float | None, int]:
+    if isinstance(since, str):
+        since = parse_since(since)
+    elif isinstance(since, _dt.datetime):
+        since = (since if since.tzinfo else since.replace(tzinfo=_UTC)).timestamp()
+    if since is None:
+        return None, _US_MIN
+    return since, round(since * 1e6)
 
 
 def load(sources: Iterable[Any] | Any = None, since: float | str | _dt.datetime | None = None,
-         route: str | None = None) -> Dataset:
-    """Read request logs into per-arm samples.
+         route: str | None = None, memory_limit: str | None = None) -> Dataset:
+    """Read request logs into per-arm figures.
 
-    ``sources``: paths and/or binary streams (``-``, ``None`` or empty means
-    ``sys.stdin.buffer``); each may be gzip.  ``since``: Unix seconds, an
-    aware datetime or a ``--since`` string; requests with ``ts`` earlier are
-    filtered out.  ``route``: keep only that route.
+    ``sources``: paths, glob patterns (``'logs/*.jsonl.gz'``) and/or binary
+    streams (``-``, ``None`` or empty means ``sys.stdin.buffer``); each may
+    be gzip.  ``since``: Unix seconds, an aware datetime or a ``--since``
+    string; requests with ``ts`` earlier are filtered out.  ``route``: keep
+    only that route.  ``memory_limit``: DuckDB's (e.g. ``"1GB"``); beyond it
+    DuckDB spills to a temp directory.  Close the result (or use it as a
+    context manager) to free DuckDB and its temp files.
     """
     if sources is None or isinstance(sources, (str, bytes)) or hasattr(sources, "read") \
             or hasattr(sources, "__fspath__"):
         sources = [sources] if sources is not None else []
     sources = list(sources) or ["-"]
-    if isinstance(since, str):
-        since = parse_since(since)
-    elif isinstance(since, _dt.datetime):
-        since = (since if since.tzinfo else since.replace(tzinfo=_UTC)).timestamp()
-    ds = Dataset(since=since, route=route)
-    for src in sources:
-        if src == "-":
-            src = sys.stdin.buffer
-        stream, name, closer = _open_stream(src)
-        ds.sources.append(name)
-        try:
-            _load_stream(ds, stream, name)
-        finally:
-            if closer is not None:
-                closer.close()
+    since_s, since_us = _since_us(since)
+    engine = Engine(memory_limit)
+    ds = Dataset(since=since_s, route=route, engine=engine)
+    weakref.finalize(ds, engine.close)
+    try:
+        inputs = resolve(sources, engine.tmp)
+        ds.sources = inputs.names
+        _classify(engine, inputs, since_us, route, ds)
+        _count(engine, inputs, ds)
+        _per_arm(engine, ds)
+    except BaseException:
+        ds.close()
+        raise
     return ds
 
 
-def _load_stream(ds: Dataset, stream: IO[bytes], name: str) -> None:  # noqa: C901
-    # The hot loop: everything it touches is a local.
-    loads = orjson.loads
-    JSONDecodeError = orjson.JSONDecodeError
-    NUM = _NUM
-    arms = ds.arms
-    since = ds.since
-    route_want = ds.route
-    parse_ts = _TsParser()
-    fracs = parse_ts.fracs
-    last_prefix = ""
-    last_base = 0.0
-    examples = ds.malformed_examples
-    lines = malformed = skipped = filtered = unassigned = 0
-    lineno = 0
-    sinks: dict[str, tuple] = {}
+def _classify(engine: Engine, inputs: Inputs, since_us: int, route: str | None, ds: Dataset) -> None:
+    import duckdb
 
-    def bad(lineno: int, reason: str) -> None:
-        if len(examples) < _MAX_EXAMPLES:
-            examples.append(f"{name}:{lineno}: {reason}")
+    def run(typed: bool) -> None:
+        scans: list[str] = []
+        params: dict[str, Any] = {"since_us": since_us}
+        if route is not None:
+            params["route"] = route
+        for param, files, compression in (("plain", inputs.plain, "none"), ("gz", inputs.gzip, "gzip")):
+            if files:
+                scans.append(_scan(param, compression, typed, route is not None))
+                params[param] = files
+        engine.con.execute("DROP TABLE IF EXISTS lines")
+        engine.con.execute(_classify_sql(" UNION ALL ".join(scans), typed, route is not None), params)
 
-    it = iter(stream)
-    while True:
+    def run_any() -> None:
         try:
-            for line in it:
-                lineno += 1
-                try:
-                    d = loads(line)
-                except JSONDecodeError:
-                    if not line.strip():
-                        continue
-                    lines += 1
-                    malformed += 1
-                    bad(lineno, "not valid JSON")
-                    continue
-                lines += 1
-                if type(d) is not dict:
-                    malformed += 1
-                    bad(lineno, f"not a JSON object ({type(d).__name__})")
-                    continue
-                ev = d.get("event")
-                if ev != "request":
-                    if type(ev) is str:
-                        skipped += 1
-                    else:
-                        malformed += 1
-                        bad(lineno, "missing or non-string 'event'")
-                    continue
-                schema = d.get("schema")
-                if schema != 1 or type(schema) is not int:
-                    if type(schema) is int:
-                        skipped += 1
-                    else:
-                        malformed += 1
-                        bad(lineno, "missing or non-integer 'schema'")
-                    continue
-                try:
-                    ts = d["ts"]
-                    rt = d["route"]
-                    arm = d["arm"]
-                    outcome = d["outcome"]
-                    ttft = d["ttft_ms"]
-                    lat = d["latency_ms"]
-                    pt = d["prompt_tokens"]
-                    ct = d["completion_tokens"]
-                    cost = d["cost_usd"]
-                    fb = d["fallback_used"]
-                    if (type(outcome) is not str or type(fb) is not bool
-                            or (rt is not None and type(rt) is not str)
-                            or (arm is not None and type(arm) is not str)
-                            or (ttft is not None and (type(ttft) not in NUM or ttft < 0))
-                            or (lat is not None and (type(lat) not in NUM or lat < 0))
-                            or (cost is not None and (type(cost) not in NUM or cost < 0))
-                            or (pt is not None and (type(pt) is not int or pt < 0))
-                            or (ct is not None and (type(ct) is not int or ct < 0))):
-                        raise TypeError
-                    frac = fracs.get(ts[19:])
-                    if frac is not None and ts[:19] == last_prefix:
-                        t = last_base + frac
-                    else:
-                        t = parse_ts(ts)
-                        last_prefix, last_base = parse_ts.prefix, parse_ts.base
-                except (KeyError, TypeError, ValueError, IndexError):
-                    malformed += 1
-                    if len(examples) < _MAX_EXAMPLES:
-                        bad(lineno, _why_malformed(d, _TsParser()))
-                    continue
-                if (since is not None and t < since) or (route_want is not None and rt != route_want):
-                    filtered += 1
-                    continue
-                if arm is None:
-                    unassigned += 1
-                    continue
-                sink = sinks.get(arm)
-                if sink is None:
-                    a = arms.get(arm)
-                    if a is None:
-                        a = arms[arm] = ArmData(arm)
-                    sink = sinks[arm] = a.sink()
-                (ts_add, err_add, lat_add, tsok_add, ttft_add, cost_add, oc,
-                 pt_add, ct_add, pct_add, fb_add) = sink
-                ts_add(t)
-                oc[outcome] = oc.get(outcome, 0) + 1
-                if outcome == "ok":
-                    err_add(0)
-                    if lat is not None:
-                        lat_add(lat)
-                        tsok_add(t)
-                else:
-                    err_add(1)
-                if ttft is not None:
-                    ttft_add(ttft)
-                if pt:
-                    pt_add(pt)
-                if ct:
-                    ct_add(ct)
-                if cost is not None:
-                    cost_add(cost)
-                    if ct:
-                        pct_add(ct)
-                if fb:
-                    fb_add(t)
-            break
-        except (EOFError, gzip.BadGzipFile, OSError) as e:
-            # truncated or corrupt gzip: keep what was read, count it once
-            malformed += 1
-            bad(lineno, f"unreadable input after this line ({type(e).__name__}: {e})")
-            break
-    ds.lines += lines
-    ds.malformed += malformed
-    ds.skipped += skipped
-    ds.filtered += filtered
-    ds.unassigned += unassigned
+            run(typed=True)
+        except duckdb.InvalidInputException:  # a line that is not JSON, or a value of the wrong type
+            run(typed=False)
+
+    if not inputs.plain and not inputs.gzip:
+        raise ReportError("no input files", 1)
+    try:
+        run_any()
+    except duckdb.IOException:
+        # A damaged gzip (truncated rotation, copy cut short) stops DuckDB's
+        # whole scan; read the gzip inputs in Python up to the damage instead.
+        problems = salvage_gzip(inputs, engine.tmp)
+        if not problems:
+            raise
+        ds.malformed += len(problems)
+        ds.lines += len(problems)
+        ds.malformed_examples.extend(problems[:_MAX_EXAMPLES])
+        run_any()
+    except duckdb.Error as e:
+        raise ReportError(f"cannot read the logs: {e}", 1) from None
+
+
+def _count(engine: Engine, inputs: Inputs, ds: Dataset) -> None:
+    con = engine.con
+    counts = dict(con.execute("SELECT kind, count(*) FROM lines GROUP BY kind").fetchall())
+    ds.lines += sum(counts.values())
+    ds.malformed += counts.get(1, 0)
+    ds.skipped += counts.get(2, 0)
+    ds.filtered += counts.get(3, 0)
+    ds.unassigned += counts.get(4, 0)
+    room = _MAX_EXAMPLES - len(ds.malformed_examples)
+    if counts.get(1) and room > 0:
+        # rowid follows the scan order (DuckDB preserves insertion order), so
+        # the line number is the row's place in its file, blank lines not counted
+        rows = con.execute("""
+            SELECT file, rowid - (SELECT min(rowid) FROM lines l2 WHERE l2.file = l.file) + 1, problem
+            FROM lines l WHERE kind = 1 ORDER BY rowid LIMIT $room""", {"room": room}).fetchall()
+        ds.malformed_examples.extend(f"{inputs.display.get(f, f)}:{n}: {why}" for f, n, why in rows)
+
+
+def _per_arm(engine: Engine, ds: Dataset) -> None:
+    import duckdb
+    import numpy as np
+
+    con = engine.con
+    split = False
+    try:
+        rows = con.execute(_per_arm_sql(split)).fetchall()
+    except duckdb.OutOfRangeException:  # a token sum beyond 2^127
+        split = True
+        rows = con.execute(_per_arm_sql(split)).fetchall()
+    unit = _TWO64 if split else 1
+
+    def join(hi: Any, lo: Any) -> int:
+        return int(hi or 0) * unit + int(lo or 0)
+
+    max_cost = 0.0
+    for (arm, n, ok, fallbacks, first, last, pt_hi, pt_lo, ct_hi, ct_lo, pct_hi, pct_lo,
+         priced, arm_max_cost) in rows:
+        ds.arms[arm] = ArmData(
+            name=arm, requests=n, successes=ok, fallbacks=fallbacks, first_us=first, last_us=last,
+            prompt_tokens=join(pt_hi, pt_lo), completion_tokens=join(ct_hi, ct_lo),
+            priced_completion_tokens=join(pct_hi, pct_lo), priced=priced)
+        max_cost = max(max_cost, arm_max_cost or 0.0)
+    if not ds.arms:
+        return
+    for arm, outcome, n in con.execute(
+            "SELECT arm, outcome, count(*) FROM lines WHERE kind = 0 GROUP BY ALL").fetchall():
+        ds.arms[arm].outcomes[outcome] = n
+    exp = math.frexp(max_cost)[1] if max_cost > 0 else 0
+    for arm, total, var in con.execute(_COST, {"scale": math.ldexp(1.0, -exp)}).fetchall():
+        a = ds.arms[arm]
+        a.cost_sum_scaled, a.cost_var_scaled = total, (var if var is not None else math.nan)
+    for a in ds.arms.values():
+        a.cost_exp = exp
+    for metric, sql in _HISTOGRAM.items():
+        h = con.execute(sql).fetchnumpy()
+        arms, values, counts = np.asarray(h["arm"], dtype=object), np.asarray(h["v"]), np.asarray(h["c"])
+        for name, a in ds.arms.items():
+            mine = arms == name
+            order = np.argsort(values[mine])
+            setattr(a, metric, Sample(values[mine][order], counts[mine][order]))

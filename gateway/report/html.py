@@ -4,20 +4,18 @@ optional extra, imported only when a page is written."""
 from __future__ import annotations
 
 import base64
-import datetime as _dt
 import html as _html
 import io
 from typing import Any
 
-from .dataset import Dataset
+from .dataset import Dataset, utc_of_us
+from .engine import INSTALL_HINT
 from .errors import ReportError
 from .render import render_text
 from .stats import percentile
 from .summary import Report
 
-INSTALL_HINT = "pip install 'llm-gateway[report]'"
-
-_UTC = _dt.UTC
+_LAST_US = 253402300799 * 10**6  # 9999-12-31T23:59:59Z, matplotlib's last date
 
 _BUCKETS = (1, 5, 10, 30, 60, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400,
             7 * 86400)
@@ -37,18 +35,6 @@ def _duration_words(seconds: int) -> str:
     return f"{seconds}-second"
 
 
-def _bucketize(ts: Any, values: Any, t0: float, width: int) -> dict[int, list]:
-    out: dict[int, list] = {}
-    for t, v in zip(ts, values):
-        i = int((t - t0) // width)
-        lst = out.get(i)
-        if lst is None:
-            out[i] = [v]
-        else:
-            lst.append(v)
-    return out
-
-
 def _import_matplotlib() -> Any:
     """matplotlib's Figure class (object API: no pyplot, no global backend
     switch, nothing to close)."""
@@ -66,8 +52,11 @@ def _png_data_uri(fig: Any) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _finish_time_chart(fig: Any, ax: Any, width: int, ylabel: str, title: str) -> None:
-    """Labels, grid and legend shared by the charts over time."""
+def _finish_time_chart(fig: Any, ax: Any, width: int, span: tuple[Any, Any], ylabel: str, title: str) -> None:
+    """Labels, grid, legend and x range shared by the charts over time.  The
+    x range is the data's own: matplotlib's default margin would reach before
+    year 1 for a log that starts there, and its dates stop at year 1."""
+    ax.set_xlim(*span)
     ax.set_ylabel(ylabel)
     ax.set_xlabel(f"time (UTC), {_duration_words(width)} buckets")
     ax.set_title(title)
@@ -90,15 +79,15 @@ def write_html(report: Report, dataset: Dataset, path: str) -> None:
     ax = fig.subplots()
     drew = False
     for k in names:
-        xs = sorted(dataset.arms[k].ttft)
-        if not xs:
+        xs = dataset.arms[k].ttft
+        if not len(xs):
             continue
         qs = [i / 10 for i in range(1001)]
         ax.plot([percentile(xs, q) for q in qs], [q / 100 for q in qs],
                 label=f"{k} (n={len(xs):,}, p50={percentile(xs, 50):,.0f} ms)")
         drew = True
     if drew:
-        if all(v > 0 for k in names for v in dataset.arms[k].ttft[:1000]):
+        if all(dataset.arms[k].ttft[0] > 0 for k in names if len(dataset.arms[k].ttft)):
             ax.set_xscale("log")
         ax.legend(loc="lower right")
     ax.set_xlabel("time to first token (ms)")
@@ -108,38 +97,38 @@ def write_html(report: Report, dataset: Dataset, path: str) -> None:
     images.append(("TTFT distribution", _png_data_uri(fig)))
 
     # 2. latency p50/p95 per time bucket, 3. error rate per time bucket
-    all_ts = [t for k in names for t in (min(dataset.arms[k].ts), max(dataset.arms[k].ts))
-              if dataset.arms[k].requests]
-    if all_ts:
-        t0, t1 = min(all_ts), max(all_ts)
-        width = _bucket_width(max(t1 - t0, 1.0))
-        to_dt = lambda i: _dt.datetime.fromtimestamp(t0 + (i + 0.5) * width, _UTC)  # noqa: E731
+    firsts = [a.first_us for a in dataset.arms.values() if a.first_us is not None]
+    lasts = [a.last_us for a in dataset.arms.values() if a.last_us is not None]
+    if firsts:
+        t0, t1 = min(firsts), max(lasts)
+        width = _bucket_width(max((t1 - t0) / 1e6, 1.0))
+        rows = dataset.over_time(t0, width)
+        # bucket -> its middle as a datetime, in integer microseconds (a float
+        # of seconds cannot hold the ends of years 0001..9999)
+        to_dt = lambda i: utc_of_us(min(t0 + (2 * i + 1) * width * 500_000, t1))  # noqa: E731
+        span = (utc_of_us(t0), utc_of_us(min(t0 + max(t1 - t0, width * 10**6), _LAST_US)))
         fig = Figure(figsize=(9, 4.2))
         ax = fig.subplots()
         for idx, k in enumerate(names):
-            a = dataset.arms[k]
-            buckets = _bucketize(a.ts_ok, a.lat_ok, t0, width)
-            keys = sorted(buckets)
-            p50 = [(to_dt(i), percentile(sorted(buckets[i]), 50)) for i in keys if len(buckets[i]) >= 5]
-            p95 = [(to_dt(i), percentile(sorted(buckets[i]), 95)) for i in keys if len(buckets[i]) >= 20]
+            mine = [r for r in rows if r[0] == k]
+            p50 = [(to_dt(b), q50) for _, b, _, _, q50, _, n_ok in mine if n_ok >= 5]
+            p95 = [(to_dt(b), q95) for _, b, _, _, _, q95, n_ok in mine if n_ok >= 20]
             color = f"C{idx}"
             if p50:
                 ax.plot(*zip(*p50), color=color, marker=".", label=f"{k} p50")
             if p95:
                 ax.plot(*zip(*p95), color=color, linestyle="--", label=f"{k} p95")
-        _finish_time_chart(fig, ax, width, "latency of ok requests (ms)",
+        _finish_time_chart(fig, ax, width, span, "latency of ok requests (ms)",
                            "Latency over time per arm (p50 solid, p95 dashed)")
         images.append(("Latency over time", _png_data_uri(fig)))
 
         fig = Figure(figsize=(9, 3.6))
         ax = fig.subplots()
         for idx, k in enumerate(names):
-            a = dataset.arms[k]
-            buckets = _bucketize(a.ts, a.err, t0, width)
-            pts = [(to_dt(i), 100 * sum(buckets[i]) / len(buckets[i])) for i in sorted(buckets)]
+            pts = [(to_dt(b), 100 * errors / n) for arm, b, n, errors, _, _, _ in rows if arm == k]
             if pts:
                 ax.plot(*zip(*pts), color=f"C{idx}", marker=".", label=k)
-        _finish_time_chart(fig, ax, width, "error rate (%)", "Error rate over time per arm")
+        _finish_time_chart(fig, ax, width, span, "error rate (%)", "Error rate over time per arm")
         images.append(("Error rate over time", _png_data_uri(fig)))
 
     esc = _html.escape

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict
 from typing import Any
@@ -113,23 +114,34 @@ def render_text(report: Report) -> str:
             w(f"  - {x}")
     w("")
     w("method: percentiles type-7 (linear interpolation); median CI Bonett-Price; "
-      "Mann-Whitney U (normal approx., tie-corrected); errors: two-proportion z-test; "
-      "cost: Welch z-test; latency over ok requests only; 95% two-sided, no "
-      "multiple-comparison correction.")
+      "Mann-Whitney U (exact for small arms, else normal approx., tie-corrected); "
+      "errors: two-proportion z-test; cost: Welch t-test; latency over ok requests only; "
+      "95% two-sided, no multiple-comparison correction.")
     return "\n".join(out) + "\n"
 
 
-def _jsonable(obj: Any) -> Any:
+_INT64_MIN, _UINT64_MAX = -(2**63), 2**64 - 1
+
+
+def _jsonable(obj: Any, wide: list[bool]) -> Any:
+    """Non-finite floats to null; notes in ``wide`` an integer beyond 64 bits."""
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
+    if isinstance(obj, int) and not isinstance(obj, bool) and not _INT64_MIN <= obj <= _UINT64_MAX:
+        wide[0] = True
     if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
+        return {k: _jsonable(v, wide) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return [_jsonable(v, wide) for v in obj]
     return obj
 
 
 def render_json(report: Report) -> bytes:
-    """The report as indented JSON (UTF-8 bytes, trailing newline)."""
-    doc = {"report": "gateway-ab", "version": 1, **_jsonable(asdict(report))}
+    """The report as indented JSON (UTF-8 bytes, trailing newline).  Token
+    totals can pass 2^64, which orjson cannot write; such a report goes
+    through the standard library, which writes every integer exactly."""
+    wide = [False]
+    doc = {"report": "gateway-ab", "version": 1, **_jsonable(asdict(report), wide)}
+    if wide[0]:
+        return json.dumps(doc, indent=2, ensure_ascii=False).encode("utf-8") + b"\n"
     return orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n"

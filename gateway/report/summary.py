@@ -3,23 +3,22 @@ verdicts in words.  The report as data (dataclasses), no rendering."""
 
 from __future__ import annotations
 
-import datetime as _dt
 import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .dataset import ArmData, Dataset
+from .dataset import ArmData, Dataset, rescale, utc_of_us
 from .errors import ReportError
 from .stats import (
     ALPHA,
-    _mean_var,
-    _two_sided_p,
+    Sample,
     mann_whitney_u,
     median_diff_ci,
     newcombe_diff_interval,
     percentile,
     two_proportion_z_test,
+    welch_test,
     wilson_interval,
 )
 
@@ -32,9 +31,14 @@ DEFINITIONS = {
     "cost_per_request": "mean cost_usd over requests with a price (non-null cost_usd)",
     "cost_per_1m_completion_tokens": "total cost / completion tokens of priced requests * 1e6",
     "median_diff_ci95": "arm - control; Bonett-Price (2002) order-statistic standard errors, normal CI",
-    "shift_p_value": "two-sided Mann-Whitney U, normal approximation, tie and continuity corrected",
-    "error_p_value": "two-sided pooled two-proportion z-test; difference CI: Newcombe hybrid score",
-    "cost_p_value": "two-sided Welch z-test on per-request cost of priced requests",
+    "median_se": "exact binomial coverage up to n = 1000 per arm, its normal approximation above "
+                 "(standard error within a relative 3e-4 of exact)",
+    "shift_p_value": "two-sided Mann-Whitney U: exact when one arm has at most 8 values, the other at "
+                     "most 1000 and no ties; else normal approximation, tie and continuity corrected",
+    "error_p_value": "two-sided pooled two-proportion z-test (p from erfc, exact in the far tail); "
+                     "difference CI: Newcombe hybrid score",
+    "cost_p_value": "two-sided Welch t-test (unequal variances, t distribution) on per-request "
+                    "cost of priced requests",
     "significance": "p < 0.05 (95 %), no multiple-comparison correction",
 }
 
@@ -42,8 +46,13 @@ DEFINITIONS = {
 def _fmt_ts(epoch: float | None) -> str | None:
     if epoch is None:
         return None
-    t = _dt.datetime.fromtimestamp(epoch, _dt.UTC)
-    return t.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return _fmt_us(round(epoch * 1e6))
+
+
+def _fmt_us(us: int | None) -> str | None:
+    if us is None:
+        return None
+    return utc_of_us(us).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass
@@ -68,7 +77,7 @@ class ArmStats:
     completion_tokens: int
     priced_requests: int
     unpriced_requests: int
-    cost_usd: float
+    cost_usd: float | None                   # None: the total exceeds a double
     cost_per_request_usd: float | None
     cost_per_1k_requests_usd: float | None
     cost_per_1m_completion_tokens_usd: float | None
@@ -145,13 +154,19 @@ class Report:
     definitions: dict[str, str] = field(default_factory=lambda: dict(DEFINITIONS))
 
 
-def _arm_stats(a: ArmData, ttft_sorted: list[float], lat_sorted: list[float]) -> ArmStats:
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
+def _arm_stats(a: ArmData) -> ArmStats:
     n = a.requests
-    ok = a.outcomes.get("ok", 0)
+    ok = a.successes
     errors = n - ok
-    priced = len(a.cost)
-    total_cost = math.fsum(a.cost)
-    cpr = total_cost / priced if priced else None
+    priced = a.priced
+    cpr = rescale(a.cost_sum_scaled / priced, a.cost_exp) if priced else None
+    per_1m = (rescale(a.cost_sum_scaled / a.priced_completion_tokens * 1e6, a.cost_exp)
+              if a.priced_completion_tokens else None)
+    ttft, lat = a.ttft, a.latency
     return ArmStats(
         arm=a.name,
         requests=n,
@@ -160,32 +175,31 @@ def _arm_stats(a: ArmData, ttft_sorted: list[float], lat_sorted: list[float]) ->
         error_rate=errors / n if n else None,
         error_rate_ci95=wilson_interval(errors, n),
         outcomes=dict(sorted(a.outcomes.items(), key=lambda kv: (kv[0] != "ok", -kv[1], kv[0]))),
-        ttft_n=len(ttft_sorted),
-        ttft_p50_ms=percentile(ttft_sorted, 50),
-        ttft_p95_ms=percentile(ttft_sorted, 95),
-        ttft_p99_ms=percentile(ttft_sorted, 99),
-        latency_n=len(lat_sorted),
-        latency_p50_ms=percentile(lat_sorted, 50),
-        latency_p95_ms=percentile(lat_sorted, 95),
-        latency_p99_ms=percentile(lat_sorted, 99),
-        latency_mean_ms=sum(lat_sorted) / len(lat_sorted) if lat_sorted else None,
+        ttft_n=len(ttft),
+        ttft_p50_ms=percentile(ttft, 50),
+        ttft_p95_ms=percentile(ttft, 95),
+        ttft_p99_ms=percentile(ttft, 99),
+        latency_n=len(lat),
+        latency_p50_ms=percentile(lat, 50),
+        latency_p95_ms=percentile(lat, 95),
+        latency_p99_ms=percentile(lat, 99),
+        latency_mean_ms=lat.mean(),
         prompt_tokens=a.prompt_tokens,
         completion_tokens=a.completion_tokens,
         priced_requests=priced,
         unpriced_requests=n - priced,
-        cost_usd=total_cost,
+        cost_usd=_finite(a.cost_usd),
         cost_per_request_usd=cpr,
-        cost_per_1k_requests_usd=cpr * 1000 if cpr is not None else None,
-        cost_per_1m_completion_tokens_usd=(total_cost / a.priced_completion_tokens * 1e6
-                                           if a.priced_completion_tokens else None),
+        cost_per_1k_requests_usd=_finite(cpr * 1000) if cpr is not None else None,
+        cost_per_1m_completion_tokens_usd=_finite(per_1m) if per_1m is not None else None,
         fallbacks=a.fallbacks,
         fallback_share=a.fallbacks / n if n else None,
-        ts_first=_fmt_ts(min(a.ts)) if n else None,
-        ts_last=_fmt_ts(max(a.ts)) if n else None,
+        ts_first=_fmt_us(a.first_us),
+        ts_last=_fmt_us(a.last_us),
     )
 
 
-def _shift_test(metric: str, arm: str, control: str, xs: list[float], ys: list[float],
+def _shift_test(metric: str, arm: str, control: str, xs: Sample, ys: Sample,
                 min_n: int = 5) -> ShiftTest:
     st = ShiftTest(metric=metric, n_arm=len(xs), n_control=len(ys))
     if not xs or not ys:
@@ -195,6 +209,12 @@ def _shift_test(metric: str, arm: str, control: str, xs: list[float], ys: list[f
     st.median_diff_ms = st.median_arm_ms - st.median_control_ms  # type: ignore[operator]
     if st.median_control_ms:
         st.median_diff_rel = st.median_diff_ms / st.median_control_ms
+    # The faster arm is named by its median before any test, so that arms too
+    # small for a test still get the direction their medians show.
+    if st.median_diff_ms < 0:
+        st.faster = arm
+    elif st.median_diff_ms > 0:
+        st.faster = control
     if len(xs) < min_n or len(ys) < min_n:
         return st
     ci = median_diff_ci(xs, ys)
@@ -203,10 +223,8 @@ def _shift_test(metric: str, arm: str, control: str, xs: list[float], ys: list[f
     u, p, prob = mann_whitney_u(xs, ys)
     st.mann_whitney_u, st.p_value, st.prob_arm_faster = u, p, prob
     st.significant = p < ALPHA
-    if st.median_diff_ms < 0 or (st.median_diff_ms == 0 and prob > 0.5):
-        st.faster = arm
-    elif st.median_diff_ms > 0 or (st.median_diff_ms == 0 and prob < 0.5):
-        st.faster = control
+    if st.median_diff_ms == 0 and prob != 0.5:  # equal medians: the U statistic breaks the tie
+        st.faster = arm if prob > 0.5 else control
     return st
 
 
@@ -228,24 +246,22 @@ def _prop_test(arm: str, control: str, a: ArmStats, c: ArmStats) -> PropTest:
 
 
 def _cost_test(arm: str, control: str, xa: ArmData, xc: ArmData) -> CostTest:
-    ct = CostTest(n_arm=len(xa.cost), n_control=len(xc.cost))
-    if not xa.cost or not xc.cost:
+    ct = CostTest(n_arm=xa.priced, n_control=xc.priced)
+    if not xa.priced or not xc.priced:
         return ct
-    ma, va = _mean_var(xa.cost)
-    mc, vc = _mean_var(xc.cost)
-    ct.cost_per_request_arm_usd, ct.cost_per_request_control_usd = ma, mc
+    # Both arms' costs carry the same power-of-two scale (dataset.py), so the
+    # comparison runs on the scaled moments; only the display is scaled back.
+    ma, mc = xa.cost_sum_scaled / xa.priced, xc.cost_sum_scaled / xc.priced
+    ct.cost_per_request_arm_usd = rescale(ma, xa.cost_exp)
+    ct.cost_per_request_control_usd = rescale(mc, xc.cost_exp)
     if mc > 0:
         ct.ratio = ma / mc
     if ma < mc:
         ct.cheaper = arm
     elif ma > mc:
         ct.cheaper = control
-    if len(xa.cost) >= 2 and len(xc.cost) >= 2:
-        se = math.sqrt(va / len(xa.cost) + vc / len(xc.cost))
-        if se > 0:
-            ct.p_value = _two_sided_p((ma - mc) / se)
-        else:
-            ct.p_value = 1.0 if ma == mc else 0.0
+    ct.p_value = welch_test(ma, xa.cost_var_scaled, xa.priced, mc, xc.cost_var_scaled, xc.priced)
+    if ct.p_value is not None:
         ct.significant = ct.p_value < ALPHA
     return ct
 
@@ -331,9 +347,7 @@ def summarize(ds: Dataset, control: str | None = None) -> Report:
     """Per-arm statistics and every arm vs the control arm."""
     ctrl = pick_control(ds.arms, control)
     order = sorted(ds.arms, key=lambda k: (k != ctrl, -ds.arms[k].requests, k))
-    ttft_sorted = {k: sorted(ds.arms[k].ttft) for k in order}
-    lat_sorted = {k: sorted(ds.arms[k].lat_ok) for k in order}
-    arms = {k: _arm_stats(ds.arms[k], ttft_sorted[k], lat_sorted[k]) for k in order}
+    arms = {k: _arm_stats(ds.arms[k]) for k in order}
     warnings: list[str] = []
     comparisons = []
     for k in order:
@@ -341,8 +355,8 @@ def summarize(ds: Dataset, control: str | None = None) -> Report:
             continue
         cmp_ = Comparison(
             arm=k, control=ctrl,
-            ttft=_shift_test("ttft_ms", k, ctrl, ttft_sorted[k], ttft_sorted[ctrl]),
-            latency=_shift_test("latency_ms", k, ctrl, lat_sorted[k], lat_sorted[ctrl]),
+            ttft=_shift_test("ttft_ms", k, ctrl, ds.arms[k].ttft, ds.arms[ctrl].ttft),
+            latency=_shift_test("latency_ms", k, ctrl, ds.arms[k].latency, ds.arms[ctrl].latency),
             errors=_prop_test(k, ctrl, arms[k], arms[ctrl]),
             cost=_cost_test(k, ctrl, ds.arms[k], ds.arms[ctrl]),
             verdicts=[],
@@ -359,6 +373,9 @@ def summarize(ds: Dataset, control: str | None = None) -> Report:
         if s.unpriced_requests:
             warnings.append(f"arm {k!r}: {s.unpriced_requests} requests without a price "
                             "(cost_usd null); cost figures cover priced requests only")
+        if s.priced_requests and s.cost_usd is None:
+            warnings.append(f"arm {k!r}: the total cost exceeds the largest double (about 1.8e308 USD); "
+                            "total and cost per 1M tokens are not shown, cost per request is")
     if len(arms) < 2 and arms:
         warnings.append("only one arm: nothing to compare")
     if ds.malformed:

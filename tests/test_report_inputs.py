@@ -1,0 +1,192 @@
+"""gateway report on DuckDB: what it reads (globs, gzip, stdin, odd values,
+odd timestamps, newer schemas) and what it says when it cannot."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from datetime import timedelta
+
+import orjson
+
+from gateway.report import load, main, render_json, summarize
+
+from .conftest import ROOT
+from .test_report import T0, as_bytes, record, write_log
+
+
+def test_glob_of_gzipped_rotated_files_from_many_instances_is_read(tmp_path, capsys):
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    for instance in ("gw-a", "gw-b"):
+        for rotation in range(3):
+            write_log(logs / f"{instance}.{rotation}.jsonl.gz", [record(arm="canary")] * 2, gz=True)
+    write_log(logs / "other.txt", [record()] * 50)  # not matched by the glob
+    assert main([str(logs / "*.jsonl.gz"), "--format", "json"]) == 0
+    doc = orjson.loads(capsys.readouterr().out)
+    assert doc["arms"]["canary"]["requests"] == 12 and "control" not in doc["arms"]
+    assert len(doc["meta"]["sources"]) == 6
+
+
+def test_a_glob_matching_nothing_exits_1_with_message(tmp_path, capsys):
+    assert main([str(tmp_path / "*.jsonl.gz")]) == 1
+    assert "no file matches" in capsys.readouterr().err
+
+
+def test_plain_and_gzip_files_mix_in_one_run(tmp_path):
+    a = write_log(tmp_path / "a.log", [record(arm="control")] * 2)
+    b = write_log(tmp_path / "b.log", [record(arm="control")] * 3, gz=True)
+    with load([a, b]) as ds:
+        assert ds.arms["control"].requests == 5 and ds.malformed == 0
+
+
+def test_a_damaged_gzip_among_good_files_keeps_every_readable_line(tmp_path):
+    good = write_log(tmp_path / "good.log.gz", [record(arm="canary")] * 3, gz=True)
+    data = gzip.compress(as_bytes([record()] * 2000))
+    cut = tmp_path / "cut.log.gz"
+    cut.write_bytes(data[: len(data) // 2])
+    with load([good, str(cut)]) as ds:
+        assert ds.arms["canary"].requests == 3
+        assert 0 < ds.arms["control"].requests < 2000
+        assert any("unreadable input" in ex for ex in ds.malformed_examples)
+
+
+def test_lines_from_the_typed_and_the_text_scan_give_the_same_figures(tmp_path):
+    recs = [record(ttft_ms=10.0 + i, latency_ms=100.0 + i, cost_usd=0.001 * i) for i in range(50)]
+    clean = write_log(tmp_path / "clean.log", recs)
+    dirty = tmp_path / "dirty.log"
+    dirty.write_bytes(as_bytes(recs) + b"not json\n")  # forces the strict text scan
+    with load([clean]) as a, load([str(dirty)]) as b:
+        assert b.malformed == 1 and a.malformed == 0
+        ra, rb = summarize(a).arms["control"], summarize(b).arms["control"]
+        assert ra == rb
+
+
+def test_a_value_of_the_wrong_type_is_a_counted_malformed_line():
+    with load([_stream([record(), record(latency_ms="slow"), record(prompt_tokens={"n": 1})])]) as ds:
+        assert ds.requests == 1 and ds.malformed == 2
+        assert any("latency_ms" in ex for ex in ds.malformed_examples)
+
+
+def test_malformed_examples_name_the_file_and_line(tmp_path):
+    path = tmp_path / "r.log"
+    path.write_bytes(as_bytes([record(), record()]) + b"oops\n")
+    with load([str(path)]) as ds:
+        assert ds.malformed_examples == [f"{path}:3: not a JSON object with an 'event' field"]
+
+
+def test_schema_versions_above_1_are_read_and_below_1_skipped():
+    with load([_stream([record(schema=1), record(schema=2), record(schema=7), record(schema=0)])]) as ds:
+        assert ds.requests == 3 and ds.skipped == 1
+
+
+def test_unknown_fields_are_ignored():
+    with load([_stream([record(new_field={"nested": [1, 2]}, another="x")])]) as ds:
+        assert ds.requests == 1 and ds.malformed == 0
+
+
+def test_a_missing_nullable_field_reads_as_null():
+    rec = record()
+    del rec["ttft_ms"]
+    with load([_stream([rec])]) as ds:
+        assert ds.requests == 1 and ds.arms["control"].ttft.n == 0
+
+
+def test_route_filter_is_a_parameter_not_sql(tmp_path, capsys):
+    odd = "chat'; DROP TABLE lines; --"
+    path = write_log(tmp_path / "r.log", [record(route=odd)] * 2 + [record()])
+    assert main([path, "--route", odd, "--format", "json"]) == 0
+    assert orjson.loads(capsys.readouterr().out)["arms"]["control"]["requests"] == 2
+
+
+def test_leap_second_is_read_as_the_last_microsecond_of_its_minute():
+    with load([_stream([record(ts="9999-12-31T23:59:60Z"), record(ts="2016-12-31T23:59:60.5Z")])]) as ds:
+        assert ds.requests == 2
+        rep = summarize(ds)
+        assert rep.arms["control"].ts_last == "9999-12-31T23:59:59.999Z"
+        assert rep.arms["control"].ts_first == "2016-12-31T23:59:59.999Z"
+
+
+def test_a_timestamp_beyond_year_9999_is_a_counted_malformed_line():
+    with load([_stream([record(), record(ts="10000-01-01T00:00:00Z")])]) as ds:
+        assert ds.requests == 1 and ds.malformed == 1
+        assert "out of range" in ds.malformed_examples[0]
+
+
+def test_a_timestamp_without_offset_is_malformed():
+    with load([_stream([record(ts="2026-11-26T04:00:00")])]) as ds:
+        assert ds.malformed == 1
+
+
+def test_year_1_timestamp_with_html_writes_the_page(tmp_path, capsys):
+    recs = [record(ts="0001-01-01T00:00:00Z")] + [record(ts=T0 + timedelta(seconds=i)) for i in range(30)]
+    path = write_log(tmp_path / "r.log", recs)
+    out = tmp_path / "r.html"
+    assert main([path, "--html", str(out)]) == 0
+    assert "data:image/png;base64," in out.read_text(encoding="utf-8")
+
+
+def test_cost_of_1e308_on_two_lines_gives_the_mean_and_a_message_not_a_traceback(capsys):
+    with load([_stream([record(cost_usd=1e308), record(cost_usd=1e308)])]) as ds:
+        rep = summarize(ds)
+    s = rep.arms["control"]
+    assert s.cost_per_request_usd == 1e308
+    assert s.cost_usd is None
+    assert any("exceeds the largest double" in w for w in rep.warnings)
+    assert orjson.loads(render_json(rep))["arms"]["control"]["cost_usd"] is None
+
+
+def test_token_counts_beyond_64_bits_are_summed_exactly():
+    big = 2**63
+    huge = 2**100
+    with load([_stream([record(prompt_tokens=big, completion_tokens=huge)] * 2)]) as ds:
+        rep = summarize(ds)
+    assert rep.arms["control"].prompt_tokens == 2**64
+    assert rep.arms["control"].completion_tokens == 2**101
+    doc = json.loads(render_json(rep))  # the stdlib reads integers exactly
+    assert doc["arms"]["control"]["prompt_tokens"] == 2**64
+    assert doc["arms"]["control"]["completion_tokens"] == 2**101
+
+
+def test_token_sums_beyond_128_bits_are_still_exact():
+    near = 2**126
+    with load([_stream([record(prompt_tokens=near)] * 4)]) as ds:
+        assert summarize(ds).arms["control"].prompt_tokens == 2**128
+
+
+def test_a_token_count_beyond_128_bits_is_a_counted_malformed_line():
+    with load([_stream([record(), record(prompt_tokens=2**130)])]) as ds:
+        assert ds.requests == 1 and ds.malformed == 1
+        assert "prompt_tokens" in ds.malformed_examples[0]
+
+
+def test_duckdb_works_in_a_private_temp_directory_removed_on_close():
+    ds = load([_stream([record()])])
+    tmp = ds.engine.tmp
+    setting = ds.engine.con.execute("SELECT current_setting('temp_directory')").fetchone()[0]
+    assert setting == tmp and os.path.dirname(tmp) == tempfile.gettempdir()
+    ds.close()
+    assert not os.path.exists(tmp)
+
+
+def test_without_duckdb_the_report_names_the_install_command(tmp_path):
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "duckdb.py").write_text("raise ImportError('No module named duckdb (test shim)')\n")
+    log = write_log(tmp_path / "r.log", [record()])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(shim), str(ROOT)]))
+    result = subprocess.run([sys.executable, "-m", "gateway", "report", log],
+                            capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert result.returncode != 0
+    assert "pip install 'llm-gateway[report]'" in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def _stream(records: list) -> io.BytesIO:
+    """Records as a log stream; the standard library writes integers of any size."""
+    return io.BytesIO("".join(json.dumps(r) + "\n" for r in records).encode())
