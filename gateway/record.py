@@ -231,6 +231,12 @@ class RequestLog:
             raise RuntimeError("only a finished record is logged")
         self._log.info("request", **record.fields())
 
+    def edge_event(self, event: str, fields: Mapping[str, Any]) -> None:
+        """A line about a connection rather than a request (`event` is not "request"): the
+        connection cap, a malformed request, a slow head. See docs/log-schema.md."""
+        ts = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        self._log.info(event, schema=SCHEMA_VERSION, ts=ts, **fields)
+
     def close(self) -> None:
         self._writer.close()
         if self._file is not None:

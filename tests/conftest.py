@@ -160,6 +160,14 @@ class Gateway(Process):
     log_path: Path = field(default=Path())
 
     def log_lines(self) -> list[dict[str, Any]]:
+        """The request lines (not the edge events: see `edge_events`)."""
+        return [line for line in self.all_log_lines() if line["event"] == "request"]
+
+    def edge_events(self, event: str | None = None) -> list[dict[str, Any]]:
+        return [line for line in self.all_log_lines() if line["event"] != "request"
+                and (event is None or line["event"] == event)]
+
+    def all_log_lines(self) -> list[dict[str, Any]]:
         if not self.log_path.exists():
             return []
         # The gateway may be writing a line right now: only complete (newline-ended) lines count.
