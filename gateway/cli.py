@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import os
 import shutil
 import signal
 import socket
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 from aiohttp import web
 
+from . import edge
 from .config import DEFAULT_CONFIG_PATH, Config, ConfigError, MockServer, load_config, with_overrides
+from .edge_events import EdgeEvents
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,20 +122,51 @@ async def _serve(config: Config, *, workers: int = 1, worker: bool = False) -> i
 
 
 async def _serve_one(config: Config, *, reuse_port: bool) -> None:
-    from .app import build_app
+    from .app import LOG, build_app
 
-    # handler_cancellation: a client that goes away cancels its handler, which
-    # closes the upstream request at once (see relay.py).
-    runner = web.AppRunner(build_app(config), handler_cancellation=True, access_log=None)
+    server = config.server
+    role = f"worker {os.getpid()}" if reuse_port else "gateway"
+
+    def say(line: str) -> None:  # workers share the parent's stderr: each line says whose it is
+        _say(f"{role}: {line}" if reuse_port else line)
+
+    before, fd_limit = edge.raise_open_file_limit()
+    # The built-in mock, if it runs in this process, holds the other end of every upstream connection.
+    upstream_fds = sum(p.max_connections for p in config.providers.values()) * (2 if config.mock else 1)
+    cap = edge.connection_cap(server.max_connections, fd_limit, upstream_fds)
+    say(f"open-file limit {fd_limit}" + (f" (raised from {before})" if fd_limit != before else "")
+        + f"; at most {cap} client connections"
+        + (f" (server.max_connections {server.max_connections} does not fit beside {upstream_fds} upstream "
+           "connections)" if cap < server.max_connections else ""))
+    app = build_app(config)
+    events = EdgeEvents(lambda kind, fields: app[LOG].edge_event(kind, fields))
+    runner = edge.EdgeRunner(app, edge.Limits.of(server, cap), events)
     await runner.setup()
     try:
-        await web.TCPSite(runner, config.server.host, config.server.port, reuse_port=reuse_port).start()
+        await web.TCPSite(runner, server.host, server.port, reuse_port=reuse_port).start()
         host, port = runner.addresses[0][:2]
-        role = f"worker {os.getpid()}" if reuse_port else "gateway"
-        print(f"{role} listening on http://{host}:{port}", file=sys.stderr, flush=True)
+        _say(f"{role} listening on http://{host}:{port}")
+        asyncio.get_running_loop().set_exception_handler(_quiet_accept_errors(events))
         await _wait_for_signal()
     finally:
         await runner.cleanup()
+
+
+def _quiet_accept_errors(events: EdgeEvents) -> Callable[[asyncio.AbstractEventLoop, dict[str, Any]], None]:
+    """asyncio logs a traceback for every failed accept (EMFILE: up to 128 a loop turn). The cap
+    keeps the open-file limit out of reach; should it be reached anyway, one throttled line."""
+    def handle(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        if context.get("message") == "socket.accept() out of system resource" and isinstance(exc, OSError):
+            events("accept_failed", peer=None, status=None, error_code=errno.errorcode.get(exc.errno or 0),
+                   error_message=exc.strerror)
+        else:
+            loop.default_exception_handler(context)
+    return handle
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 async def _supervise(config: Config, workers: int) -> int:

@@ -119,6 +119,12 @@ class Server:
     default_route: str | None = None  # for /v1/stream/chat requests without a model
     allow_arm_override: bool = False  # honour X-Gateway-Arm-Override (testing only)
     cors_origins: tuple[str, ...] = ("*",)
+    # The connection edge (gateway/edge.py): what a client may cost before it is a request.
+    read_timeout_s: float = 30.0  # a request's head, then its body, must each arrive within this
+    keepalive_s: float = 75.0  # idle between requests; above the usual balancer idle timeout (60 s)
+    max_connections: int = 10_000  # open client connections per worker (lowered to fit the open-file limit)
+    max_header_count: int = 100
+    max_header_line_bytes: int = 8190  # the longest request line, header name or header value
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,6 +278,11 @@ def _server(r: _Reader) -> Server:
         default_route=r.get("default_route", str, None),
         allow_arm_override=r.get("allow_arm_override", bool, False),
         cors_origins=r.strings("cors_origins", d.cors_origins),
+        read_timeout_s=r.number("read_timeout_s", d.read_timeout_s),
+        keepalive_s=r.number("keepalive_s", d.keepalive_s),
+        max_connections=r.integer("max_connections", d.max_connections),
+        max_header_count=r.integer("max_header_count", d.max_header_count),
+        max_header_line_bytes=r.integer("max_header_line_bytes", d.max_header_line_bytes, minimum=256),
     )
     r.finish()
     return s

@@ -225,9 +225,10 @@ def test_the_schema_document_names_the_version_the_code_writes() -> None:
 
 
 def test_every_documented_error_code_is_covered_by_an_outcome_case_or_a_named_test() -> None:
-    # client_disconnected: tests/test_disconnect.py; internal_error: the gateway-bug test below.
-    covered = {case[6] for case in OUTCOMES} | {case[4] for case in REFUSED} | {"client_disconnected",
-                                                                               "internal_error"}
+    # client_disconnected: tests/test_disconnect.py; internal_error: the gateway-bug test below;
+    # bad_http, request_timeout: tests/test_edge.py.
+    covered = {case[6] for case in OUTCOMES} | {case[4] for case in REFUSED} | {
+        "client_disconnected", "internal_error", "bad_http", "request_timeout"}
     assert set(documented_error_codes()) == covered - {None}
 
 
