@@ -20,7 +20,8 @@ from aiohttp import web
 
 from .config import Config
 from .endpoints import ENDPOINTS, Endpoint
-from .errors import GatewayError, Scrubber, invalid_request
+from .errors import GatewayError, Scrubber, invalid_request, shutting_down
+from .inflight import InFlight, Ticket
 from .metrics import Metrics
 from .record import RequestLog, RequestRecord
 from .relay import Dispatch, stream_response, unary_response
@@ -31,7 +32,7 @@ CONFIG = web.AppKey("config", Config)
 UPSTREAMS = web.AppKey("upstreams", Upstreams)
 LOG = web.AppKey("log", RequestLog)
 SCRUB = web.AppKey("scrub", Scrubber)
-DRAINING = web.AppKey("draining", list[bool])
+IN_FLIGHT = web.AppKey("in_flight", InFlight)
 METRICS = web.AppKey("metrics", Metrics)
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -41,12 +42,13 @@ def build_app(config: Config, *, log: RequestLog | None = None) -> web.Applicati
     app = web.Application(client_max_size=config.server.max_body_bytes, middlewares=[error_middleware])
     app[CONFIG] = config
     app[SCRUB] = Scrubber(config.secrets())
-    app[DRAINING] = [False]
+    app[IN_FLIGHT] = InFlight(config.server.max_streams)
     app[METRICS] = Metrics()
     app[UPSTREAMS] = Upstreams(config.providers, app[METRICS].upstream_in_use, app[METRICS].upstream_limit)
     if log is not None:
         app[LOG] = log
     app.on_shutdown.append(_start_draining)
+    app.on_response_prepare.append(_close_when_draining)
     app.cleanup_ctx.append(_request_log)
     app.cleanup_ctx.append(_provider_sessions)
     for endpoint in ENDPOINTS:
@@ -71,8 +73,15 @@ def _setup_cors(app: web.Application, config: Config) -> None:
 
 
 async def _start_draining(app: web.Application) -> None:
-    # Shutdown began: /readyz says so while in-flight requests finish.
-    app[DRAINING][0] = True
+    # Shutdown began: /readyz says so while in-flight requests finish. (`gateway serve` says so
+    # earlier, before it stops accepting: cli.py; this covers any other runner.)
+    app[IN_FLIGHT].draining = True
+
+
+async def _close_when_draining(request: web.Request, response: web.StreamResponse) -> None:
+    # While draining, each response ends its connection: clients and balancers move to another instance.
+    if request.app[IN_FLIGHT].draining:
+        response.force_close()
 
 
 async def _request_log(app: web.Application) -> AsyncIterator[None]:
@@ -134,7 +143,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    ready = not request.app[DRAINING][0] and request.app[UPSTREAMS].ready()
+    ready = not request.app[IN_FLIGHT].draining and request.app[UPSTREAMS].ready()
     return web.json_response({"status": "ready" if ready else "not ready"}, status=200 if ready else 503)
 
 
@@ -157,7 +166,9 @@ async def _handle(request: web.Request, endpoint: Endpoint) -> web.StreamRespons
     headers = {"X-Request-Id": record.request_id}
     in_flight = app[METRICS].in_flight.labels(endpoint.name)
     in_flight.inc()
+    ticket: Ticket | None = None
     try:
+        ticket = app[IN_FLIGHT].admit()  # over server.max_streams: a 429; the shutdown drains what is admitted
         chat = endpoint.parse(await _read_json(request))
         model = chat.setdefault("model", config.default_model())
         record.requested(model, bool(chat.get("stream")))
@@ -166,21 +177,35 @@ async def _handle(request: web.Request, endpoint: Endpoint) -> web.StreamRespons
         headers["X-Gateway-Arm"] = route.arm.name
         dispatch = Dispatch(app[UPSTREAMS], record, chat, route, deadline=record.started + route.total_s,
                             heartbeat_s=config.server.heartbeat_s,
-                            forward={k.lower(): v for k, v in request.headers.items()})
+                            forward={k.lower(): v for k, v in request.headers.items()}, ticket=ticket)
         if record.stream:
             return await stream_response(dispatch, request, endpoint.renderer(chat), headers)
         return await unary_response(dispatch, headers)
     except GatewayError as exc:
         return error_response(record.failed(exc), headers)
     except asyncio.CancelledError:
-        # The client went away (aiohttp cancels the handler: handler_cancellation).
-        record.disconnected()
-        raise
+        if ticket is None or not ticket.cut:
+            # The client went away (aiohttp cancels the handler: handler_cancellation).
+            record.disconnected()
+            raise
+        error = record.failed(shutting_down())  # the drain window ended first (inflight.py cancelled it)
+        if record.is_committed:
+            raise  # a stream stuck writing to a slow client, which aiohttp gave up on at the very end
+        return _uncancelled(error_response(error, headers))  # a 503
     except Exception as exc:  # a bug: reported generically; the log gets the type, never a trace
         return error_response(record.crashed(exc), headers)
     finally:
         _finish(app, record)
+        app[IN_FLIGHT].release(ticket)
         in_flight.dec()
+
+
+def _uncancelled(response: web.Response) -> web.Response:
+    """The cancellation was the shutdown's own, and is handled: the response still goes out."""
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()
+    return response
 
 
 def _finish(app: web.Application, record: RequestRecord) -> None:

@@ -141,6 +141,10 @@ class EdgeHandler(RequestHandler):
         self._body_timer: asyncio.TimerHandle | None = None
         self._body: StreamReader | None = None  # the latest request's body while it is still arriving
 
+    def waiting_idle(self) -> bool:
+        """Between requests, with no byte of the next one yet."""
+        return self._waiting() and self._head_timer is None
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         self._arm_head()  # a new connection owes its first head within the read timeout
@@ -280,6 +284,14 @@ class EdgeServer(Server):
 
     def _refused(self, peer: Any) -> None:
         self.events("connection_cap", **_fields(self._refusal, peer))
+
+    def close_idle(self) -> int:
+        """Close the connections that sit between requests (shutdown: they could only bring new
+        work); busy ones close after their response. How many were closed."""
+        idle = [h for h in self._connections if isinstance(h, EdgeHandler) and h.waiting_idle()]
+        for handler in idle:
+            handler.force_close()
+        return len(idle)
 
 
 class EdgeRunner(web.AppRunner):

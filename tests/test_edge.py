@@ -40,7 +40,8 @@ def edge_config(mock_url: str, server: str) -> str:
 
 @pytest.fixture(scope="module")
 def gw(mock_upstream: Process, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    text = edge_config(mock_upstream.url, f"read_timeout_s = {READ_TIMEOUT_S}\nmax_header_count = 30")
+    text = edge_config(mock_upstream.url, f"read_timeout_s = {READ_TIMEOUT_S}\nmax_header_count = 30\n"
+                                          "max_streams = 3")
     gateway = start_gateway(tmp_path_factory.mktemp("edge"), text)
     yield gateway
     gateway.stop()
@@ -182,6 +183,25 @@ async def test_an_idle_keep_alive_connection_outlives_the_read_timeout(gw: Gatew
             await asyncio.sleep(pause_s)
     finally:
         writer.close()
+
+
+# --- max_streams -------------------------------------------------------------------------------
+
+async def test_over_max_streams_a_request_is_a_429_with_retry_after_and_its_log_line(gw: Gateway) -> None:
+    slow = {"X-Mock-Tokens": "50", "X-Mock-Inter-Token-Delay-Ms": "50"}
+    body = {"model": "openai-only", "messages": MESSAGES, "stream": True}
+    async with aiohttp.ClientSession() as session:
+        open_streams = [await session.post(f"{gw.url}/v1/chat/completions", json=body, headers=slow)
+                        for _ in range(3)]
+        rid = uuid.uuid4().hex
+        async with session.post(f"{gw.url}/v1/chat/completions", json=body,
+                                headers={"X-Request-Id": rid}) as refused:
+            assert (refused.status, refused.headers["Retry-After"]) == (429, "1")
+            assert_openai_error(await refused.read(), "too_many_streams")
+        for response in open_streams:
+            response.close()
+    line = gw.log_for(rid)
+    assert (line["status"], line["outcome"], line["error_code"]) == (429, "overloaded", "too_many_streams")
 
 
 # --- slowloris and the connection cap ------------------------------------------------------------

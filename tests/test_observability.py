@@ -226,9 +226,11 @@ def test_the_schema_document_names_the_version_the_code_writes() -> None:
 
 def test_every_documented_error_code_is_covered_by_an_outcome_case_or_a_named_test() -> None:
     # client_disconnected: tests/test_disconnect.py; internal_error: the gateway-bug test below;
-    # bad_http, request_timeout: tests/test_edge.py.
+    # bad_http, request_timeout, too_many_streams: tests/test_edge.py; gateway_shutting_down:
+    # tests/test_shutdown.py.
     covered = {case[6] for case in OUTCOMES} | {case[4] for case in REFUSED} | {
-        "client_disconnected", "internal_error", "bad_http", "request_timeout"}
+        "client_disconnected", "internal_error", "bad_http", "request_timeout", "too_many_streams",
+        "gateway_shutting_down"}
     assert set(documented_error_codes()) == covered - {None}
 
 
