@@ -144,9 +144,9 @@ async def _serve_one(config: Config, *, reuse_port: bool) -> None:
     upstream_fds = sum(p.max_connections for p in config.providers.values()) * (2 if config.mock else 1)
     cap = edge.connection_cap(server.max_connections, fd_limit, upstream_fds)
     say(f"open-file limit {fd_limit}" + (f" (raised from {before})" if fd_limit != before else "")
-         + f"; at most {cap} client connections"
-         + (f" (server.max_connections {server.max_connections} does not fit beside {upstream_fds} upstream "
-            "connections)" if cap < server.max_connections else ""))
+        + f"; at most {cap} client connections"
+        + (f" (server.max_connections {server.max_connections} does not fit beside {upstream_fds} upstream "
+           "connections)" if cap < server.max_connections else ""))
     app = build_app(config)
     events = EdgeEvents(lambda kind, fields: app[LOG].edge_event(kind, fields))
     runner = edge.EdgeRunner(app, edge.Limits.of(server, cap), events, shutdown_timeout=CUT_GRACE_S)
@@ -177,7 +177,7 @@ async def _drain(runner: edge.EdgeRunner, site: web.TCPSite, in_flight: InFlight
     await site.stop()
     idle = runner.edge.close_idle()
     say(f"stopped accepting (closed {idle} idle connections); {len(in_flight)} requests in flight, "
-         f"waiting up to {server.drain_timeout_s:g}s")
+        f"waiting up to {server.drain_timeout_s:g}s")
     if not await in_flight.wait_released(server.drain_timeout_s):
         say(f"drain window over: ending {len(in_flight)} requests with gateway_shutting_down")
     in_flight.cut()  # and nothing is admitted any more, should a late request slip in on an open connection

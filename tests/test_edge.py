@@ -9,6 +9,7 @@ sockets and report when and how the gateway ended each one.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
 import resource
@@ -368,6 +369,19 @@ def test_serve_raises_its_soft_open_file_limit_to_the_hard_limit_and_says_so(moc
                        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (512, hard)))
     gw.stop()
     assert f"open-file limit {hard} (raised from 512)".encode() in gw.stderr_path.read_bytes()
+
+
+async def test_an_accept_that_fails_for_want_of_files_is_a_throttled_line_not_a_traceback() -> None:
+    from gateway.cli import _quiet_accept_errors
+    from gateway.edge_events import EdgeEvents
+
+    lines: list[tuple[str, Any]] = []
+    handle = _quiet_accept_errors(EdgeEvents(lambda kind, fields: lines.append((kind, dict(fields)))))
+    for _ in range(128):  # what asyncio reports in one loop turn when accept() hits EMFILE
+        handle(asyncio.get_running_loop(), {"message": "socket.accept() out of system resource",
+                                            "exception": OSError(errno.EMFILE, "Too many open files")})
+    assert lines == [("accept_failed", {"peer": None, "status": None, "error_code": "EMFILE",
+                                        "error_message": "Too many open files", "count": 1})]
 
 
 def test_edge_event_fields_are_the_documented_ones() -> None:
