@@ -20,7 +20,8 @@ from aiohttp import web
 from . import forwarded, static_site
 from .config import Config
 from .endpoints import BY_PATH, ENDPOINTS, Endpoint
-from .errors import GatewayError, Scrubber
+from .errors import GatewayError, Scrubber, shutting_down
+from .inflight import InFlight, Ticket
 from .intake import read_json
 from .keys import authenticate, authorize_route, presented_key
 from .limits import Limiter, reservation
@@ -35,7 +36,7 @@ CONFIG = web.AppKey("config", Config)
 UPSTREAMS = web.AppKey("upstreams", Upstreams)
 LOG = web.AppKey("log", RequestLog)
 SCRUB = web.AppKey("scrub", Scrubber)
-DRAINING = web.AppKey("draining", list[bool])
+IN_FLIGHT = web.AppKey("in_flight", InFlight)
 METRICS = web.AppKey("metrics", Metrics)
 LIMITER = web.AppKey("limiter", Limiter)
 
@@ -49,7 +50,7 @@ def build_app(config: Config, *, log: RequestLog | None = None, workers: int = 1
     app.middlewares.append(forwarded.middleware(config.server.trusted_proxies))
     app[CONFIG] = config
     app[SCRUB] = Scrubber(config.secrets())
-    app[DRAINING] = [False]
+    app[IN_FLIGHT] = InFlight(config.server.max_streams)
     app[METRICS] = Metrics(config.public_models())
     app[UPSTREAMS] = Upstreams(config.providers, app[METRICS].upstream_in_use, app[METRICS].upstream_limit)
     store: Store = (RedisStore(config.store.redis_url, timeout_ms=config.store.timeout_ms, prefix=config.store.prefix)
@@ -59,6 +60,7 @@ def build_app(config: Config, *, log: RequestLog | None = None, workers: int = 1
     if log is not None:
         app[LOG] = log
     app.on_shutdown.append(_start_draining)
+    app.on_response_prepare.append(_close_when_draining)
     app.cleanup_ctx.append(_request_log)
     app.cleanup_ctx.append(_provider_sessions)
     app.cleanup_ctx.append(_limits)
@@ -85,8 +87,15 @@ def _setup_cors(app: web.Application, config: Config) -> None:
 
 
 async def _start_draining(app: web.Application) -> None:
-    # Shutdown began: /readyz says so while in-flight requests finish.
-    app[DRAINING][0] = True
+    # Shutdown began: /readyz says so while in-flight requests finish. (`gateway serve` says so
+    # earlier, before it stops accepting: cli.py; this covers any other runner.)
+    app[IN_FLIGHT].draining = True
+
+
+async def _close_when_draining(request: web.Request, response: web.StreamResponse) -> None:
+    # While draining, each response ends its connection: clients and balancers move to another instance.
+    if request.app[IN_FLIGHT].draining:
+        response.force_close()
 
 
 async def _request_log(app: web.Application) -> AsyncIterator[None]:
@@ -172,7 +181,7 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     app = request.app
     store_ok = await app[LIMITER].check_store()
-    ready = (not app[DRAINING][0] and app[UPSTREAMS].ready()
+    ready = (not app[IN_FLIGHT].draining and app[UPSTREAMS].ready()
              and (store_ok or app[CONFIG].store.on_error == "open"))
     body = {"status": "ready" if ready else "not ready",
             "store": {"kind": app[LIMITER].store.kind, "ok": store_ok, "on_error": app[CONFIG].store.on_error}}
@@ -199,7 +208,9 @@ async def _handle(request: web.Request, endpoint: Endpoint) -> web.StreamRespons
     in_flight = app[METRICS].in_flight.labels(endpoint.name)
     in_flight.inc()
     admission = None
+    ticket: Ticket | None = None
     try:
+        ticket = app[IN_FLIGHT].admit()  # over server.max_streams: a 429; the shutdown drains what is admitted
         key = authenticate(config.auth, request.headers)
         record.authenticated(key.name if key else None)
         chat = endpoint.parse(await read_json(request, config.server.max_body_bytes))
@@ -218,23 +229,37 @@ async def _handle(request: web.Request, endpoint: Endpoint) -> web.StreamRespons
         dispatch = Dispatch(app[UPSTREAMS], record, chat, route, deadline=record.started + route.total_s,
                             heartbeat_s=config.server.heartbeat_s,
                             forward={k.lower(): v for k, v in request.headers.items()},
-                            max_event_bytes=config.server.max_event_bytes)
+                            max_event_bytes=config.server.max_event_bytes, ticket=ticket)
         if record.stream:
             return await stream_response(dispatch, request, endpoint.renderer(chat), headers)
         return await unary_response(dispatch, headers)
     except GatewayError as exc:
         return error_response(record.failed(exc), headers, endpoint.error_body)
     except asyncio.CancelledError:
-        # The client went away (aiohttp cancels the handler: handler_cancellation).
-        record.disconnected()
-        raise
+        if ticket is None or not ticket.cut:
+            # The client went away (aiohttp cancels the handler: handler_cancellation).
+            record.disconnected()
+            raise
+        error = record.failed(shutting_down())  # the drain window ended first (inflight.py cancelled it)
+        if record.is_committed:
+            raise  # a stream stuck writing to a slow client, which aiohttp gave up on at the very end
+        return _uncancelled(error_response(error, headers, endpoint.error_body))  # a 503
     except Exception as exc:  # a bug: reported generically; the log gets the type, never a trace
         return error_response(record.crashed(exc), headers, endpoint.error_body)
     finally:
         _finish(app, record)
         if admission is not None:
             app[LIMITER].settle(admission, _tokens_used(record))
+        app[IN_FLIGHT].release(ticket)
         in_flight.dec()
+
+
+def _uncancelled(response: web.Response) -> web.Response:
+    """The cancellation was the shutdown's own, and is handled: the response still goes out."""
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()
+    return response
 
 
 def _finish(app: web.Application, record: RequestRecord) -> None:

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import os
 import shutil
 import signal
 import socket
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 from aiohttp import web
 
+from . import edge
 from .config import (
     DEFAULT_CONFIG_PATH,
     Config,
@@ -25,6 +27,9 @@ from .config import (
     load_config,
     with_overrides,
 )
+from .config import Server as ServerConfig
+from .edge_events import EdgeEvents
+from .inflight import InFlight
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,12 +125,19 @@ def _run(coro: Coroutine[Any, Any, int]) -> int:
         return 0
 
 
-async def _wait_for_signal() -> None:
-    stop = asyncio.Event()
+async def _wait_for_signal() -> signal.Signals:
+    """The first SIGINT or SIGTERM. Later ones change nothing: a shutdown, once begun, drains
+    (with `--workers`, Ctrl-C reaches each worker twice: from the terminal and from the parent)."""
     loop = asyncio.get_running_loop()
+    received: asyncio.Future[signal.Signals] = loop.create_future()
+
+    def note(sig: signal.Signals) -> None:
+        if not received.done():
+            received.set_result(sig)
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+        loop.add_signal_handler(sig, note, sig)
+    return await received
 
 
 @asynccontextmanager
@@ -167,23 +179,77 @@ async def _serve(config: Config, *, workers: int = 1, worker: bool = False) -> i
 
 
 async def _serve_one(config: Config, *, reuse_port: bool) -> None:
-    from .app import build_app
+    from .app import IN_FLIGHT, LOG, build_app
 
-    # handler_cancellation: a client that goes away cancels its handler, which
-    # closes the upstream request at once (see relay.py).
+    server = config.server
+    role = f"worker {os.getpid()}" if reuse_port else "gateway"
+
+    def say(line: str) -> None:  # workers share the parent's stderr: each line says whose it is
+        _say(f"{role}: {line}" if reuse_port else line)
+
+    before, fd_limit = edge.raise_open_file_limit()
+    # The built-in mock, if it runs in this process, holds the other end of every upstream connection.
+    upstream_fds = sum(p.max_connections for p in config.providers.values()) * (2 if config.mock else 1)
+    cap = edge.connection_cap(server.max_connections, fd_limit, upstream_fds)
+    say(f"open-file limit {fd_limit}" + (f" (raised from {before})" if fd_limit != before else "")
+        + f"; at most {cap} client connections"
+        + (f" (server.max_connections {server.max_connections} does not fit beside {upstream_fds} upstream "
+           "connections)" if cap < server.max_connections else ""))
     workers = int(os.environ.get("GATEWAY_WORKERS", "1"))  # set by the parent of --workers N
-    runner = web.AppRunner(build_app(config, workers=workers), handler_cancellation=True, access_log=None)
+    app = build_app(config, workers=workers)
+    events = EdgeEvents(lambda kind, fields: app[LOG].event(kind, **fields))
+    runner = edge.EdgeRunner(app, edge.Limits.of(server, cap), events, shutdown_timeout=CUT_GRACE_S)
     await runner.setup()
     try:
-        await web.TCPSite(runner, config.server.host, config.server.port, reuse_port=reuse_port).start()
+        site = web.TCPSite(runner, server.host, server.port, reuse_port=reuse_port)
+        await site.start()
         host, port = runner.addresses[0][:2]
-        role = f"worker {os.getpid()}" if reuse_port else "gateway"
-        print(f"{role} listening on http://{host}:{port}", file=sys.stderr, flush=True)
+        _say(f"{role} listening on http://{host}:{port}")
         if not reuse_port:
             _print_demo_url(host, port)
+        asyncio.get_running_loop().set_exception_handler(_quiet_accept_errors(events))
         await _wait_for_signal()
+        await _drain(runner, site, app[IN_FLIGHT], server, say)
     finally:
         await runner.cleanup()
+    say("stopped")
+
+
+CUT_GRACE_S = 2.0  # after the drain window: for cut streams to write their error event and log line
+
+
+async def _drain(runner: edge.EdgeRunner, site: web.TCPSite, in_flight: InFlight, server: ServerConfig,
+                 say: Callable[[str], None]) -> None:
+    """Graceful shutdown: /readyz 503 while still accepting, then stop accepting, then the drain
+    window for what is in flight, then the rest are cut (an error event, or a 503)."""
+    in_flight.draining = True
+    say(f"shutting down: /readyz answers 503, still accepting for {server.drain_delay_s:g}s")
+    await asyncio.sleep(server.drain_delay_s)  # for a load balancer to take this instance out
+    await site.stop()
+    idle = runner.edge.close_idle()
+    say(f"stopped accepting (closed {idle} idle connections); {len(in_flight)} requests in flight, "
+        f"waiting up to {server.drain_timeout_s:g}s")
+    if not await in_flight.wait_released(server.drain_timeout_s):
+        say(f"drain window over: ending {len(in_flight)} requests with gateway_shutting_down")
+    in_flight.cut()  # and nothing is admitted any more, should a late request slip in on an open connection
+    await in_flight.wait_released(CUT_GRACE_S)
+
+
+def _quiet_accept_errors(events: EdgeEvents) -> Callable[[asyncio.AbstractEventLoop, dict[str, Any]], None]:
+    """asyncio logs a traceback for every failed accept (EMFILE: up to 128 a loop turn). The cap
+    keeps the open-file limit out of reach; should it be reached anyway, one throttled line."""
+    def handle(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        if context.get("message") == "socket.accept() out of system resource" and isinstance(exc, OSError):
+            events("accept_failed", peer=None, status=None, error_code=errno.errorcode.get(exc.errno or 0),
+                   error_message=exc.strerror)
+        else:
+            loop.default_exception_handler(context)
+    return handle
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def _print_demo_url(host: str, port: int) -> None:
@@ -197,6 +263,8 @@ async def _supervise(config: Config, workers: int) -> int:
 
     The port is reserved here first, so `--port 0` works too. Workers share the
     Prometheus multiprocess directory, so any worker's /metrics covers them all.
+    SIGINT or SIGTERM is passed on to every worker; each drains, and the parent
+    exits 0 once every one has exited 0.
     """
     reserve = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     reserve.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
@@ -221,23 +289,36 @@ async def _supervise(config: Config, workers: int) -> int:
                     ready += 1
                     break
         if ready < workers:
-            print(f"only {ready} of {workers} workers started", file=sys.stderr, flush=True)
+            _say(f"only {ready} of {workers} workers started")
             return 1
-        for proc in procs:
-            asyncio.create_task(_forward(proc))
-        print(f"gateway listening on http://{config.server.host}:{port} ({workers} workers)",
-              file=sys.stderr, flush=True)
+        forwarding = [asyncio.create_task(_forward(proc)) for proc in procs]
+        _say(f"gateway listening on http://{config.server.host}:{port} ({workers} workers)")
         _print_demo_url(config.server.host, port)
-        await _wait_for_signal()
+        received = await _wait_for_signal()
+        for proc in procs:  # each worker drains on its own (cli._drain); the parent waits for every one
+            if proc.returncode is None:
+                proc.send_signal(received)
+        budget = config.server.drain_delay_s + config.server.drain_timeout_s + 2 * CUT_GRACE_S + 10
+        try:
+            async with asyncio.timeout(budget):
+                codes = await asyncio.gather(*(proc.wait() for proc in procs))
+        except TimeoutError:
+            _say(f"workers still running {budget:g}s after {received.name}: killed")
+            return 1
+        await asyncio.gather(*forwarding)  # their last lines, up to "stopped"
+        failed = [f"worker {proc.pid} exited with {code}" for proc, code in zip(procs, codes) if code != 0]
+        if failed:
+            _say("; ".join(failed))
+            return 1
+        return 0
     finally:
         for proc in procs:
             if proc.returncode is None:
-                proc.terminate()
+                proc.kill()
         await asyncio.gather(*(proc.wait() for proc in procs))
         reserve.close()
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
-    return 0
 
 
 async def _forward(proc: asyncio.subprocess.Process) -> None:

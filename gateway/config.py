@@ -130,6 +130,16 @@ class Server:
     cors_origins: tuple[str, ...] = ()
     # Proxies (addresses or CIDRs) whose X-Forwarded-For is believed; empty: nobody's.
     trusted_proxies: tuple[str, ...] = ()
+    # The connection edge (gateway/edge.py): what a client may cost before it is a request.
+    read_timeout_s: float = 30.0  # a request's head, then its body, must each arrive within this
+    keepalive_s: float = 75.0  # idle between requests; above the usual balancer idle timeout (60 s)
+    max_connections: int = 10_000  # open client connections per worker (lowered to fit the open-file limit)
+    max_streams: int = 1_000  # chat requests in flight per worker; over it a 429
+    max_header_count: int = 100
+    max_header_line_bytes: int = 8190  # the longest request line, header name or header value
+    # Graceful shutdown (cli.py): the defaults fit Kubernetes' default 30 s grace period.
+    drain_delay_s: float = 5.0  # /readyz answers 503 while the listener still accepts
+    drain_timeout_s: float = 20.0  # then in-flight requests get this long to finish
 
 
 @dataclass(frozen=True, slots=True)
@@ -347,6 +357,14 @@ def _server(r: _Reader) -> Server:
         allow_arm_override=r.get("allow_arm_override", bool, False),
         cors_origins=_origins(r, "cors_origins", d.cors_origins),
         trusted_proxies=_networks(r, "trusted_proxies", d.trusted_proxies),
+        read_timeout_s=r.number("read_timeout_s", d.read_timeout_s),
+        keepalive_s=r.number("keepalive_s", d.keepalive_s),
+        max_connections=r.integer("max_connections", d.max_connections),
+        max_streams=r.integer("max_streams", d.max_streams),
+        max_header_count=r.integer("max_header_count", d.max_header_count),
+        max_header_line_bytes=r.integer("max_header_line_bytes", d.max_header_line_bytes, minimum=256),
+        drain_delay_s=r.number("drain_delay_s", d.drain_delay_s, positive=False),
+        drain_timeout_s=r.number("drain_timeout_s", d.drain_timeout_s, positive=False),
     )
     r.finish()
     return s

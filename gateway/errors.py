@@ -59,6 +59,12 @@ def timeout(kind: str, seconds: float) -> GatewayError:
                         outcome=f"timeout_{kind}")
 
 
+def shutting_down() -> GatewayError:
+    """The gateway is stopping and the drain window ended before the response did."""
+    return GatewayError(503, "gateway_shutting_down", "The gateway is shutting down; retry the request",
+                        outcome="shutdown")
+
+
 class Scrubber:
     """Removes secrets from text that leaves the process (logs, error bodies).
 

@@ -241,9 +241,11 @@ class RequestLog:
         self._log.info("request", **record.fields())
 
     def event(self, name: str, **fields: Any) -> None:
-        """A line about the gateway rather than a request (`"event"` says which; docs/log-schema.md)."""
-        self._log.info(name, schema=SCHEMA_VERSION,
-                       ts=datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"), **fields)
+        """A line about the gateway or a connection rather than a request (`event` says which, never
+        "request"): the shared store, the connection cap, a malformed request, a slow head.
+        See docs/log-schema.md."""
+        ts = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        self._log.info(name, schema=SCHEMA_VERSION, ts=ts, **fields)
 
     def close(self) -> None:
         self._writer.close()

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 import aiohttp
@@ -29,6 +29,7 @@ from aiohttp import web
 from . import errors
 from .config import Provider, Target
 from .errors import GatewayError
+from .inflight import Ticket
 from .providers import ChatRequest, Completion, UpstreamRequest, dialect_for
 from .record import RequestRecord
 from .renderers import Renderer
@@ -72,6 +73,7 @@ class Dispatch:
     heartbeat_s: float
     forward: Mapping[str, str]  # the client's headers, lower-case, for providers that pass some on
     max_event_bytes: int  # an upstream SSE event (or whole non-streamed answer) past this is a failure
+    ticket: Ticket = field(default_factory=Ticket)  # in flight (inflight.py): the shutdown may cut it
 
     def provider(self, target: Target) -> Provider:
         return self.upstreams.providers[target.provider]
@@ -92,9 +94,12 @@ async def stream_response(d: Dispatch, request: web.Request, renderer: Renderer,
                           headers: Mapping[str, str]) -> web.StreamResponse:
     opened = await open_stream(d, renderer)
     d.record.served_by(opened.stream)
+    # Cut by the shutdown from here on: the upstream is closed, so the pump wakes and ends the stream.
+    d.ticket.on_cut(lambda: opened.lease.end(close=True))
     try:
         return await relay_stream(d, request, opened, headers)
     finally:
+        d.ticket.on_cut(None)
         opened.lease.end()  # back to the pool if fully read, closed otherwise
 
 
@@ -282,7 +287,8 @@ async def relay_stream(d: Dispatch, request: web.Request, opened: OpenStream,
             except TimeoutError:
                 began, batch = time.perf_counter(), stream.timer_fired(loop.time())
             except aiohttp.ClientError as exc:
-                began, batch = time.perf_counter(), stream.broken(type(exc).__name__)
+                began = time.perf_counter()
+                batch = stream.shut_down() if d.ticket.cut else stream.broken(type(exc).__name__)
             else:
                 began = time.perf_counter()
                 batch = stream.feed(chunk, loop.time())

@@ -12,8 +12,8 @@ An upstream stream moves through three phases, in order:
                the client, so it is an `AttemptFailed` that may be retried
     STREAMING  committed: the held events, then each chunk's, rendered for the
                client the moment they complete
-    ENDED      the terminator, an upstream failure or a timeout ended it; the
-               `Batch` that ended it says which
+    ENDED      the terminator, an upstream failure, a timeout or the gateway's
+               shutdown ended it; the `Batch` that ended it says which
 
 A method called in the wrong phase raises `PhaseError`: the caller has a bug.
 
@@ -197,6 +197,12 @@ class UpstreamStream:
         """The upstream connection failed mid-stream (`reason`: the exception's name, never its text)."""
         self._expect(Phase.STREAMING)
         return self._end(self._broken(reason))
+
+    def shut_down(self) -> Batch:
+        """The gateway is stopping and its drain window is over: the stream ends with an error
+        saying so, never dressed up as a clean end, nor as the client's doing."""
+        self._expect(Phase.STREAMING)
+        return self._end(errors.shutting_down())
 
     # --- the result ------------------------------------------------------------
 

@@ -14,7 +14,7 @@ import textwrap
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,14 +53,14 @@ class Process:
                 self.proc.wait()
 
 
-def start_process(args: list[str], tmp: Path, name: str, ready: bytes,
-                  env: dict[str, str] | None = None) -> Process:
+def start_process(args: list[str], tmp: Path, name: str, ready: bytes, env: dict[str, str] | None = None,
+                  preexec_fn: Callable[[], object] | None = None) -> Process:
     """Start `python -m gateway ARGS` and wait for its startup line `READY on http://127.0.0.1:PORT`."""
     stderr_path = tmp / f"{name}.stderr"
     pattern = re.compile(re.escape(ready) + rb" on http://127\.0\.0\.1:(\d+)")
     with open(stderr_path, "wb") as stderr:
         proc = subprocess.Popen([sys.executable, "-m", "gateway", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
-                                stderr=stderr, env={**os.environ, **(env or {})})
+                                stderr=stderr, env={**os.environ, **(env or {})}, preexec_fn=preexec_fn)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         text = stderr_path.read_bytes()
@@ -165,6 +165,15 @@ class Gateway(Process):
     log_path: Path = field(default=Path())
 
     def log_lines(self) -> list[dict[str, Any]]:
+        """The request lines (not the edge events: see `edge_events`)."""
+        return [line for line in self.all_log_lines() if line["event"] == "request"]
+
+    def edge_events(self, event: str | None = None) -> list[dict[str, Any]]:
+        """Lines about the gateway or its connections rather than a request (`store`, `connection_cap`, ...)."""
+        return [line for line in self.all_log_lines() if line["event"] != "request"
+                and (event is None or line["event"] == event)]
+
+    def all_log_lines(self) -> list[dict[str, Any]]:
         if not self.log_path.exists():
             return []
         # The gateway may be writing a line right now: only complete (newline-ended) lines count.
@@ -185,13 +194,16 @@ class Gateway(Process):
         return lines[0]
 
 
-def start_gateway(tmp: Path, text: str, env: dict[str, str] | None = None,
-                  log_path: Path | None = None, args: tuple[str, ...] = ()) -> Gateway:
+def start_gateway(tmp: Path, text: str, env: dict[str, str] | None = None, log_path: Path | None = None,
+                  args: tuple[str, ...] = (), preexec_fn: Callable[[], object] | None = None) -> Gateway:
     log_path = log_path or tmp / "requests.log"
     text = text.replace("[server]", f'[log]\npath = "{log_path}"\n\n[server]', 1)
+    if "drain_delay_s" not in text:  # a balancer's grace period; tests stop gateways all the time
+        text = text.replace("[server]", "[server]\ndrain_delay_s = 0", 1)
     config = tmp / "gateway.toml"
     config.write_text(text)
-    process = start_process(["serve", "--config", str(config), *args], tmp, "gateway", b"gateway listening", env)
+    process = start_process(["serve", "--config", str(config), *args], tmp, "gateway", b"gateway listening", env,
+                            preexec_fn)
     return Gateway(process.proc, process.port, process.stderr_path, log_path)
 
 

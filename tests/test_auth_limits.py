@@ -341,7 +341,7 @@ async def test_redis_killed_mid_test_fails_open_quickly_with_one_store_event(
         gw.stop()
     assert statuses == [200, 200, 200] and elapsed < 5  # each waited at most the 200 ms store timeout
     assert ready[0] == 200 and ready[1]["store"] == {"kind": "redis", "ok": False, "on_error": "open"}
-    events = [line for line in gw.log_lines() if line["event"] == "store"]
+    events = gw.edge_events("store")
     assert len(events) == 1 and events[0]["status"] == "unavailable" and str(redis.port) not in str(events[0])
 
 

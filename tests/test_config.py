@@ -123,6 +123,30 @@ def test_negative_timeout_is_rejected(tmp_path: Path) -> None:
     assert "providers.p.timeouts.idle_s: expected a number greater than 0" in problem
 
 
+def test_the_edge_and_drain_keys_are_read(tmp_path: Path) -> None:
+    path = tmp_path / "ok.toml"
+    path.write_text("[server]\nread_timeout_s = 5\nkeepalive_s = 90\nmax_connections = 500\nmax_streams = 50\n"
+                    "max_header_count = 40\nmax_header_line_bytes = 4096\ndrain_delay_s = 0\ndrain_timeout_s = 45\n"
+                    + PROVIDER + ROUTE)
+    s = load_config(path, {}).server
+    assert (s.read_timeout_s, s.keepalive_s, s.max_connections, s.max_streams, s.max_header_count,
+            s.max_header_line_bytes, s.drain_delay_s, s.drain_timeout_s) == (5, 90, 500, 50, 40, 4096, 0, 45)
+
+
+def test_edge_and_drain_keys_out_of_range_are_each_reported_with_their_path(tmp_path: Path) -> None:
+    found = problems(tmp_path, "[server]\nread_timeout_s = 0\nmax_connections = 0\nmax_streams = -1\n"
+                               "max_header_line_bytes = 10\ndrain_delay_s = -1\ndrain_timeout_s = \"soon\"\n"
+                     + PROVIDER + ROUTE)
+    for expected in ("server.read_timeout_s: expected a number greater than 0",
+                     "server.max_connections: expected an integer >= 1, got 0",
+                     "server.max_streams: expected an integer >= 1, got -1",
+                     "server.max_header_line_bytes: expected an integer >= 256, got 10",
+                     "server.drain_delay_s: expected a number >= 0, got -1.0",
+                     "server.drain_timeout_s: expected a number, got str 'soon'"):
+        assert any(expected in problem for problem in found), (expected, found)
+    assert len(found) == 6
+
+
 def check_config(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "gateway", "check-config", *args], cwd=ROOT,
                           capture_output=True, text=True, env=env)

@@ -229,9 +229,12 @@ def test_the_schema_document_names_the_version_the_code_writes() -> None:
 
 def test_every_documented_error_code_is_covered_by_an_outcome_case_or_a_named_test() -> None:
     # client_disconnected: tests/test_disconnect.py; internal_error: the gateway-bug test below;
-    # keys and limits: tests/test_auth_limits.py; pool_exhausted: tests/test_hardening.py.
+    # keys and limits: tests/test_auth_limits.py; pool_exhausted: tests/test_hardening.py;
+    # bad_http, request_timeout, too_many_streams: tests/test_edge.py; gateway_shutting_down:
+    # tests/test_shutdown.py.
     elsewhere = {"client_disconnected", "internal_error", "missing_api_key", "invalid_api_key", "model_not_allowed",
-                 "rate_limit_exceeded", "limits_unavailable", "pool_exhausted"}
+                 "rate_limit_exceeded", "limits_unavailable", "pool_exhausted", "bad_http", "request_timeout",
+                 "too_many_streams", "gateway_shutting_down"}
     covered = {case[6] for case in OUTCOMES} | {case[4] for case in REFUSED} | elsewhere
     assert set(documented_error_codes()) == covered - {None}
 

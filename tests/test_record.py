@@ -50,6 +50,15 @@ def test_the_log_line_has_every_logged_field_and_the_event_name(tmp_path: Path) 
     assert set(line) == {"schema", "ts", "event", *LOGGED_FIELDS} and line["event"] == "request"
 
 
+def test_an_edge_event_is_a_line_of_its_own_event_with_schema_and_time(tmp_path: Path) -> None:
+    log = RequestLog(str(tmp_path / "a.log"))
+    log.event("bad_http", peer="127.0.0.1", count=1)
+    log.close()
+    line = orjson.loads((tmp_path / "a.log").read_bytes())
+    assert line["event"] == "bad_http" and line["schema"] == 1 and line["ts"].endswith("Z")
+    assert (line["peer"], line["count"]) == ("127.0.0.1", 1)
+
+
 def test_an_unfinished_record_cannot_be_logged(tmp_path: Path) -> None:
     log = RequestLog(str(tmp_path / "a.log"))
     with pytest.raises(RuntimeError):

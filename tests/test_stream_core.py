@@ -215,6 +215,13 @@ def test_a_broken_connection_ends_the_stream_naming_only_the_exception_type() ->
     assert batch.error is not None and batch.error.message == "Provider p broke the stream: ClientPayloadError"
 
 
+def test_the_shutdown_ends_a_stream_with_its_own_error_not_a_clean_end() -> None:
+    stream = committed(openai_stream())
+    batch = stream.shut_down()
+    assert batch.error is not None and not batch.done and stream.phase is Phase.ENDED
+    assert (batch.error.code, batch.error.outcome, batch.error.status) == ("gateway_shutting_down", "shutdown", 503)
+
+
 def test_nothing_may_be_fed_after_the_end() -> None:
     stream = committed(openai_stream())
     stream.feed(DONE, 1.0)

@@ -50,6 +50,10 @@ ERROR_TYPES: Final[dict[str, str]] = {
     "rate_limit_exceeded": "rate_limit_error",
     "limits_unavailable": "overloaded_error",
     "pool_exhausted": "overloaded_error",
+    "bad_http": "invalid_request_error",
+    "request_timeout": "invalid_request_error",
+    "too_many_streams": "overloaded_error",
+    "gateway_shutting_down": "overloaded_error",
 }
 
 # Anthropic's own status -> type, for codes the table does not name.
