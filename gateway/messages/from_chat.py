@@ -37,7 +37,7 @@ from typing import Any, Final
 
 import orjson
 
-from ..providers import Completion, Piece, Usage, message_text, output_piece
+from ..providers import Completion, Piece, Usage, chunk_or_error, message_text, output_piece
 from ..sse import Event, encode_event
 
 STOP_REASONS: Final = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use",
@@ -64,15 +64,9 @@ class MessagesFromChat:
     def translate(self, event: Event) -> list[Piece]:
         if event.data == "[DONE]":
             return self._start({}) + self._close() + self._finish()
-        try:
-            chunk = orjson.loads(event.data)
-        except orjson.JSONDecodeError:
-            return [Piece(error="upstream sent an event that is not JSON")]
-        if not isinstance(chunk, dict):
-            return [Piece(error="upstream sent an event that is not a JSON object")]
-        if "error" in chunk:
-            err = chunk["error"]
-            return [Piece(error=f"upstream error: {err.get('message') if isinstance(err, dict) else err}")]
+        chunk = chunk_or_error(event.data)
+        if isinstance(chunk, Piece):
+            return [chunk]
         if isinstance(chunk.get("usage"), dict):
             self.usage = Usage(chunk["usage"].get("prompt_tokens"), chunk["usage"].get("completion_tokens"))
         pieces = self._start(chunk)

@@ -16,6 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import orjson
+
 from ..config import Provider
 from ..sse import Event
 
@@ -100,10 +102,26 @@ class Dialect(Protocol):
     def parse_completion(self, body: bytes, model: str, client: str) -> Completion: ...
 
 
+def chunk_or_error(data: str) -> dict[str, Any] | Piece:
+    """A chat.completion.chunk event's JSON object, or the error piece that stands for it.
+
+        >>> chunk_or_error('{"error": {"message": "overloaded"}}').error
+        'upstream error: overloaded'
+    """
+    try:
+        chunk = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return Piece(error="upstream sent an event that is not JSON")
+    if not isinstance(chunk, dict):
+        return Piece(error="upstream sent an event that is not a JSON object")
+    if "error" in chunk:
+        err = chunk["error"]
+        return Piece(error=f"upstream error: {err.get('message') if isinstance(err, dict) else err}")
+    return chunk
+
+
 def error_message(body: bytes) -> str:
     """The message of an upstream error body, in either dialect's shape."""
-    import orjson
-
     try:
         data = orjson.loads(body)
         err = data.get("error") if isinstance(data, dict) else None

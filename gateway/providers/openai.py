@@ -16,7 +16,7 @@ from ..config import Provider
 from ..messages.from_chat import MessagesFromChat, to_message
 from ..messages.to_chat import to_chat
 from ..sse import Event
-from . import ChatRequest, Completion, Piece, UpstreamRequest, Usage, message_text, output_piece
+from . import ChatRequest, Completion, Piece, UpstreamRequest, Usage, chunk_or_error, message_text, output_piece
 
 
 class OpenAIStream:
@@ -26,16 +26,9 @@ class OpenAIStream:
     def translate(self, event: Event) -> list[Piece]:
         if event.data == "[DONE]":
             return [Piece(sse=event.raw, done=True)]
-        try:
-            chunk = orjson.loads(event.data)
-        except orjson.JSONDecodeError:
-            return [Piece(error="upstream sent an event that is not JSON")]
-        if not isinstance(chunk, dict):
-            return [Piece(error="upstream sent an event that is not a JSON object")]
-        if "error" in chunk:
-            err = chunk["error"]
-            message = err.get("message") if isinstance(err, dict) else str(err)
-            return [Piece(error=f"upstream error: {message}")]
+        chunk = chunk_or_error(event.data)
+        if isinstance(chunk, Piece):
+            return [chunk]
         usage = chunk.get("usage")
         if isinstance(usage, dict):
             self.usage = Usage(usage.get("prompt_tokens"), usage.get("completion_tokens"))
