@@ -291,7 +291,9 @@ async def relay_stream(d: Dispatch, request: web.Request, opened: OpenStream,
                 batch = stream.shut_down() if d.ticket.cut else stream.broken(type(exc).__name__)
             else:
                 began = time.perf_counter()
-                batch = stream.feed(chunk, loop.time())
+                # A connection the shutdown closed may read as a clean end of body: it is the cut, not
+                # a truncation by the provider.
+                batch = stream.shut_down() if d.ticket.cut and not chunk else stream.feed(chunk, loop.time())
         if batch.error is not None:
             ending = stream.renderer.error(record.failed(batch.error))
         else:
