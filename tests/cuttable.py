@@ -64,8 +64,11 @@ class Cuttable:
             pass
         sock.close()
 
-    def cut(self) -> None:
-        """Reset every connection open through the relay; new ones are still relayed."""
+    def cut(self, *, then_to: int | None = None) -> None:
+        """Reset every connection open through the relay; new ones are still relayed (to port `then_to`,
+        if given: the client's next connection lands on another server, as behind a balancer)."""
+        if then_to is not None:
+            self.target_port = then_to
         with self._lock:
             victims = list(self._open)
         for sock in victims:
