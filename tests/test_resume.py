@@ -319,3 +319,47 @@ def test_resumable_streams_required_with_workers_and_no_redis_is_a_config_error(
     text = gateway_config(paced_mock, mock_upstream).replace("[resume]", "[resume]\nenabled = true")
     with pytest.raises(RuntimeError, match="resume.enabled: resumable streams with 2 workers need"):
         start_gateway(tmp_path, text, args=("--workers", "2"))
+
+
+def redis_command_counts(redis: Redis) -> dict[str, int]:
+    import redis as redis_client
+
+    client = redis_client.Redis.from_url(redis.url)
+    try:
+        stats = client.info("commandstats")
+    finally:
+        client.close()
+    return {name.removeprefix("cmdstat_"): int(value["calls"]) for name, value in stats.items()}
+
+
+async def test_the_redis_traffic_and_memory_of_one_resumable_stream(redis_pair: tuple[Gateway, Gateway, Redis]
+                                                                    ) -> None:
+    # Measured, not modelled: one 40-token stream (50 ms apart, ~2 s) read to its end by its client.
+    import redis as redis_client
+
+    first, _, redis = redis_pair
+    await asyncio.sleep(1.0)  # the other tests' streams are over
+    before = redis_command_counts(redis)
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{first.url}/v1/stream/chat", json={"prompt": "hi", "resumable": True}) as response:
+            stream_id = response.headers["X-Stream-Id"]
+            body = await response.read()
+    client = redis_client.Redis.from_url(redis.url)
+    try:
+        events_key = f"gateway:resume:{stream_id}:events"
+        stored = client.memory_usage(events_key) or 0
+        ttl_ms = client.pttl(events_key)
+    finally:
+        client.close()
+    await asyncio.sleep(0.6)
+    after = redis_command_counts(redis)
+    calls = {name: after[name] - before.get(name, 0) for name in after if after[name] != before.get(name, 0)}
+    for own in ("info", "hello", "memory|usage", "pttl"):  # this test's own, and connection handshakes
+        calls.pop(own, None)
+    total = sum(calls.values())
+    print(f"\none resumable stream of {len(parse(body))} events ({len(body)} B): {total} Redis commands "
+          f"{dict(sorted(calls.items()))}; its Redis Stream holds {stored} B, expiring in {ttl_ms} ms")
+    assert calls["xadd"] == len(parse(body)) + 1  # each event, and the end mark
+    assert total < 4 * len(parse(body)) + 40
+    assert 0 < ttl_ms <= WINDOW_S * 1000  # kept for a late resume, then gone
+    assert stored < 3 * len(body) + 4096
