@@ -104,6 +104,7 @@ class Resumables:
         meta = StreamMeta(stream_id, token_digest(token), key_name or "", d.record.request_id, self.instance)
         try:
             await self.logs.create(meta, ttl_s=d.plan.total_s + self.settings.window_s + 60)
+            await self.logs.touch(stream_id, ttl_s=TOUCH_TTL_S)  # its first reader is this request
         except StoreUnavailable:
             created = False
         except BaseException:
@@ -156,7 +157,7 @@ class Resumables:
                 if owned.reason is None:
                     raise  # the app is closing
                 record.abandoned(owned.reason)
-            except StoreUnavailable as exc:  # the log stopped taking events: the stream cannot go on
+            except Exception as exc:  # the log stopped taking events (StoreUnavailable), or a bug
                 record.crashed(exc)
             resumed_on = await self._resumes(stream_id)
             with contextlib.suppress(StoreUnavailable):

@@ -5,9 +5,9 @@ between real origins, one DOM update per frame on a fast stream."""
 from __future__ import annotations
 
 import json
-import textwrap
 import shutil
 import subprocess
+import textwrap
 import time
 import urllib.parse
 import urllib.request
