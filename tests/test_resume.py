@@ -363,3 +363,52 @@ async def test_the_redis_traffic_and_memory_of_one_resumable_stream(redis_pair: 
     assert total < 4 * len(parse(body)) + 40
     assert 0 < ttl_ms <= WINDOW_S * 1000  # kept for a late resume, then gone
     assert stored < 3 * len(body) + 4096
+
+
+async def test_at_shutdown_a_resumable_stream_with_or_without_its_client_ends_in_the_drain_with_one_line(
+        paced_mock: Process, mock_upstream: Process, tmp_path: Path) -> None:
+    import signal
+
+    text = gateway_config(paced_mock, mock_upstream).replace(
+        "[server]", "[server]\ndrain_delay_s = 0.2\ndrain_timeout_s = 1", 1)
+    gw = start_gateway(tmp_path, text)
+    try:
+        long = {"X-Mock-Tokens": "400"}
+        dropped = await open_then_drop(gw.url, uuid.uuid4().hex, 2, long)  # its upstream runs on, unread
+        rid = uuid.uuid4().hex
+        async with aiohttp.ClientSession() as session:
+            async with session.post(f"{gw.url}/v1/stream/chat", json={"prompt": "hi", "resumable": True},
+                                    headers={**long, "X-Request-Id": rid}) as response:
+                await response.content.readline()
+                signalled = time.monotonic()
+                gw.proc.send_signal(signal.SIGTERM)
+                events = parse(await response.read())
+        code = gw.proc.wait(timeout=15)
+        exited_after = time.monotonic() - signalled
+    finally:
+        gw.stop()
+    last = events[-1]
+    assert last.event == "error" and orjson.loads(last.data)["error"]["code"] == "gateway_shutting_down"
+    assert [int(e.id or 0) for e in events] == list(range(1, len(events) + 1))
+    lines = {line["request_id"]: line for line in gw.log_lines()}
+    for request_id in (rid, dropped.request_id):
+        assert (lines[request_id]["outcome"], lines[request_id]["error_code"]) == ("shutdown", "gateway_shutting_down")
+    assert len(gw.log_lines()) == 2
+    print(f"\nSIGTERM with two resumable streams (one unread): both ended by the drain; exit {code} "
+          f"{exited_after:.2f}s after the signal")
+    assert code == 0 and exited_after < 6
+
+
+async def test_resumable_in_a_body_must_be_a_boolean(gw: Gateway) -> None:
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{gw.url}/v1/stream/chat", json={"prompt": "hi", "resumable": "yes"},
+                                headers={"Authorization": f"Bearer {KEY}"}) as response:
+            body = orjson.loads(await response.read())
+    assert (response.status, body["error"]["code"], body["error"]["param"]) == (400, "invalid_request", "resumable")
+
+
+async def test_a_last_event_id_that_is_not_an_id_is_a_400(gw: Gateway) -> None:
+    opened = await open_then_drop(gw.url, uuid.uuid4().hex, 1, {"Authorization": f"Bearer {KEY}",
+                                                               "X-Mock-Tokens": "3"})
+    status, body = await resume(gw.url, opened, 0, {"Authorization": f"Bearer {KEY}", "Last-Event-ID": "x"})
+    assert (status, orjson.loads(body)["error"]["code"]) == (400, "invalid_request")
