@@ -412,3 +412,15 @@ async def test_a_last_event_id_that_is_not_an_id_is_a_400(gw: Gateway) -> None:
                                                                "X-Mock-Tokens": "3"})
     status, body = await resume(gw.url, opened, 0, {"Authorization": f"Bearer {KEY}", "Last-Event-ID": "x"})
     assert (status, orjson.loads(body)["error"]["code"]) == (400, "invalid_request")
+
+
+async def test_the_messages_api_with_x_resumable_numbers_every_event_and_ends_with_message_stop(gw: Gateway) -> None:
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{gw.url}/v1/messages",
+                                json={"model": "paced", "stream": True, "max_tokens": 50,
+                                      "messages": [{"role": "user", "content": "x"}]},
+                                headers={"x-api-key": KEY, "X-Resumable": "1", "X-Mock-Tokens": "3"}) as response:
+            events = parse(await response.read())
+    assert "X-Stream-Token" in response.headers
+    assert [e.id for e in events] == [str(i) for i in range(1, len(events) + 1)]
+    assert events[-1].event == "message_stop"
