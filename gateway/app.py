@@ -20,14 +20,17 @@ from aiohttp import web
 from . import forwarded, static_site
 from .config import Config
 from .endpoints import BY_PATH, ENDPOINTS, Endpoint
-from .errors import GatewayError, Scrubber, shutting_down
+from .errors import GatewayError, Scrubber, invalid_request, shutting_down
+from .eventlog import EventLogs, MemoryEventLogs, RedisEventLogs
 from .inflight import InFlight, Ticket
 from .intake import read_json
-from .keys import authenticate, authorize_route, presented_key
+from .keys import authenticate, authorize_route, find_key, presented_key
 from .limits import Limiter, reservation
 from .metrics import Metrics
 from .record import RequestLog, RequestRecord
 from .relay import Dispatch, stream_response, unary_response
+from .resumable import RESUME_HEADERS, Resumables, instance_name
+from .resume import StreamMeta, not_found, parse_last_event_id
 from .routing import ARM_OVERRIDE_HEADER, pick_user_key, plan
 from .store import MemoryStore, RedisStore, Store
 from .upstreams import Upstreams
@@ -39,6 +42,7 @@ SCRUB = web.AppKey("scrub", Scrubber)
 IN_FLIGHT = web.AppKey("in_flight", InFlight)
 METRICS = web.AppKey("metrics", Metrics)
 LIMITER = web.AppKey("limiter", Limiter)
+RESUMABLES = web.AppKey("resumables", Resumables)  # absent when resumable streams are off
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
@@ -57,6 +61,15 @@ def build_app(config: Config, *, log: RequestLog | None = None, workers: int = 1
                     if config.store.redis_url else MemoryStore())
     app[LIMITER] = Limiter(store, on_error=config.store.on_error, share=workers,
                            on_store_error=lambda reason: _store_down(app, reason))
+    if config.resume.active(workers=workers, redis=bool(config.store.redis_url)):
+        logs: EventLogs = (RedisEventLogs(config.store.redis_url, timeout_ms=config.store.timeout_ms,
+                                          prefix=config.store.prefix,
+                                          max_events=config.resume.max_bytes_per_stream // 8)
+                           if config.store.redis_url else MemoryEventLogs())
+        app[RESUMABLES] = Resumables(logs, config.resume, heartbeat_s=config.server.heartbeat_s,
+                                     instance=instance_name())
+        app.router.add_get("/v1/streams/{stream_id}", resume_stream)
+        app.router.add_delete("/v1/streams/{stream_id}", cancel_stream)
     if log is not None:
         app[LOG] = log
     app.on_shutdown.append(_start_draining)
@@ -64,6 +77,8 @@ def build_app(config: Config, *, log: RequestLog | None = None, workers: int = 1
     app.cleanup_ctx.append(_request_log)
     app.cleanup_ctx.append(_provider_sessions)
     app.cleanup_ctx.append(_limits)
+    if RESUMABLES in app:
+        app.cleanup_ctx.append(_resumables)  # last in: closed first, while the log and the providers remain
     for endpoint in ENDPOINTS:
         app.router.add_post(endpoint.path, _handler(endpoint))
     app.router.add_get("/v1/models", models)
@@ -79,8 +94,8 @@ def _setup_cors(app: web.Application, config: Config) -> None:
     # Registered on the routes, so the headers are added in on_response_prepare:
     # they reach streaming responses too, which are prepared by the handler.
     options = aiohttp_cors.ResourceOptions(
-        allow_credentials=False, allow_headers="*", allow_methods=["GET", "POST"],
-        expose_headers=("X-Request-Id", "X-Gateway-Arm"), max_age=600)
+        allow_credentials=False, allow_headers="*", allow_methods=["GET", "POST", "DELETE"],
+        expose_headers=("X-Request-Id", "X-Gateway-Arm", *RESUME_HEADERS), max_age=600)
     cors = aiohttp_cors.setup(app, defaults={origin: options for origin in config.server.cors_origins})
     for route in list(app.router.routes()):
         cors.add(route)
@@ -117,6 +132,12 @@ def _store_down(app: web.Application, reason: str) -> None:
     if LOG in app:
         app[LOG].event("store", status="unavailable", kind=app[LIMITER].store.kind, reason=reason,
                        on_error=app[CONFIG].store.on_error)
+
+
+async def _resumables(app: web.Application) -> AsyncIterator[None]:
+    await app[RESUMABLES].start()
+    yield
+    await app[RESUMABLES].close()
 
 
 async def _provider_sessions(app: web.Application) -> AsyncIterator[None]:
@@ -198,7 +219,9 @@ def _handler(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.Stream
 
 async def _handle(request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
     """The one place a chat request becomes exactly one log line, whatever happens:
-    parse -> plan (routing) -> open, relay (relay.py) -> the record finished."""
+    parse -> plan (routing) -> open, relay (relay.py) -> the record finished. A resumable
+    stream hands its record over to the task that reads its upstream (resumable.py), which
+    finishes it when the stream really ends."""
     app = request.app
     config = app[CONFIG]
     incoming_id = request.headers.get("X-Request-Id", "")
@@ -209,11 +232,26 @@ async def _handle(request: web.Request, endpoint: Endpoint) -> web.StreamRespons
     in_flight.inc()
     admission = None
     ticket: Ticket | None = None
+    handed_off = False
+
+    def finish() -> None:
+        _finish(app, record)
+        if admission is not None:
+            app[LIMITER].settle(admission, _tokens_used(record))
+        app[IN_FLIGHT].release(ticket)
+        in_flight.dec()
+
+    def hand_off() -> Callable[[], None]:
+        nonlocal handed_off
+        handed_off = True
+        return finish
+
     try:
         ticket = app[IN_FLIGHT].admit()  # over server.max_streams: a 429; the shutdown drains what is admitted
         key = authenticate(config.auth, request.headers)
         record.authenticated(key.name if key else None)
-        chat = endpoint.parse(await read_json(request, config.server.max_body_bytes))
+        body = await read_json(request, config.server.max_body_bytes)
+        chat = endpoint.parse(body)
         model = chat.model or config.default_model()
         record.requested(model, chat.stream)
         user = pick_user_key(chat.user, request.headers.get("X-User-Id"), presented_key(request.headers))
@@ -230,12 +268,17 @@ async def _handle(request: web.Request, endpoint: Endpoint) -> web.StreamRespons
                             heartbeat_s=config.server.heartbeat_s,
                             forward={k.lower(): v for k, v in request.headers.items()},
                             max_event_bytes=config.server.max_event_bytes, ticket=ticket)
+        if record.stream and RESUMABLES in app and _wants_resume(request, body):
+            return await app[RESUMABLES].stream(dispatch, request, endpoint.renderer(chat), headers,
+                                                key.name if key else None, hand_off)
         if record.stream:
             return await stream_response(dispatch, request, endpoint.renderer(chat), headers)
         return await unary_response(dispatch, headers)
     except GatewayError as exc:
         return error_response(record.failed(exc), headers, endpoint.error_body)
     except asyncio.CancelledError:
+        if handed_off:
+            raise  # a reader of a resumable stream went away: the stream goes on without it
         if ticket is None or not ticket.cut:
             # The client went away (aiohttp cancels the handler: handler_cancellation).
             record.disconnected()
@@ -245,13 +288,55 @@ async def _handle(request: web.Request, endpoint: Endpoint) -> web.StreamRespons
             raise  # a stream stuck writing to a slow client, which aiohttp gave up on at the very end
         return _uncancelled(error_response(error, headers, endpoint.error_body))  # a 503
     except Exception as exc:  # a bug: reported generically; the log gets the type, never a trace
+        if handed_off:
+            raise  # the record is the stream task's; aiohttp reports the bug
         return error_response(record.crashed(exc), headers, endpoint.error_body)
     finally:
-        _finish(app, record)
-        if admission is not None:
-            app[LIMITER].settle(admission, _tokens_used(record))
-        app[IN_FLIGHT].release(ticket)
-        in_flight.dec()
+        if not handed_off:
+            finish()
+
+
+def _wants_resume(request: web.Request, body: object) -> bool:
+    """Opted in: `X-Resumable: 1` on any chat endpoint, or `"resumable": true` in a /v1/stream/chat body."""
+    return request.headers.get("X-Resumable", "").strip() == "1" or (
+        isinstance(body, dict) and body.get("resumable") is True)
+
+
+async def _find_stream(request: web.Request) -> tuple[Resumables, StreamMeta] | None:
+    """The stream a resume or cancel names, if its token and gateway key are right."""
+    resumables = request.app[RESUMABLES]
+    auth = request.app[CONFIG].auth
+    presented = presented_key(request.headers)
+    key = find_key(auth.keys, presented) if auth.enabled and presented else None
+    meta = await resumables.find(request.match_info["stream_id"], request.headers.get("X-Stream-Token"),
+                                 key.name if key else None)
+    return None if meta is None else (resumables, meta)
+
+
+async def resume_stream(request: web.Request) -> web.StreamResponse:
+    """GET /v1/streams/{stream_id}: the events after `Last-Event-ID`, then the live tail. Not a
+    request line of its own (the stream's line counts it); a `resume` event line."""
+    found = await _find_stream(request)
+    if found is None:
+        return error_response(not_found())
+    resumables, meta = found
+    after = parse_last_event_id(request.headers.get("Last-Event-ID"))
+    if after is None:
+        return error_response(invalid_request("Last-Event-ID must be an event id of this stream",
+                                              "Last-Event-ID"))
+    request.app[LOG].event("resume", stream_id=meta.stream_id, request_id=meta.request_id, after=after,
+                           instance=resumables.instance, owner=meta.owner)
+    return await resumables.resume(request, meta, after)
+
+
+async def cancel_stream(request: web.Request) -> web.Response:
+    """DELETE /v1/streams/{stream_id}: close the upstream now (what Stop sends)."""
+    found = await _find_stream(request)
+    if found is None:
+        return error_response(not_found())
+    resumables, meta = found
+    await resumables.cancel(meta)
+    return web.Response(status=204)
 
 
 def _uncancelled(response: web.Response) -> web.Response:

@@ -91,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.workers < 1:
         parser.error("--workers must be at least 1")
     config = with_overrides(config, host=args.host, port=args.port)
-    if refusal := config.open_problem():
+    workers = int(os.environ.get("GATEWAY_WORKERS", "1")) if args.worker else args.workers
+    if refusal := config.open_problem() or config.resume.problem(workers=workers, redis=bool(config.store.redis_url)):
         print(f"configuration error:\n  {refusal}", file=sys.stderr)
         return 1
     if not config.auth.enabled and not args.worker:

@@ -183,6 +183,27 @@ class Store:
 
 
 @dataclass(frozen=True, slots=True)
+class Resume:
+    """Resumable streams (resumable.py): how long an upstream outlives its client, how much is kept."""
+
+    # None: on when resumes can reach the stream (one worker, or a Redis store); True: required
+    # (a config error where they cannot); False: requests asking for it are served as before.
+    enabled: bool | None = None
+    window_s: float = 30.0  # the issue's `resume_window_s`: the upstream runs on this long without a client
+    max_bytes_per_stream: int = 4 * 1024 * 1024  # events stored per stream (ids included); past it, cut
+
+    def active(self, *, workers: int, redis: bool) -> bool:
+        return self.enabled is not False and (workers == 1 or redis)
+
+    def problem(self, *, workers: int, redis: bool) -> str | None:
+        """Why this setting cannot run with `workers` processes, or None."""
+        if self.enabled and workers > 1 and not redis:
+            return (f"resume.enabled: resumable streams with {workers} workers need a shared event log: "
+                    "set [store] redis_url, or run one worker, or set enabled = false")
+        return None
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     source: str
     server: Server
@@ -193,6 +214,7 @@ class Config:
     mock: MockServer | None = None
     auth: Auth = Auth()
     store: Store = Store()
+    resume: Resume = Resume()
 
     def public_models(self) -> list[str]:
         return list(self.routes)
@@ -332,6 +354,7 @@ def parse_config(raw: dict[str, Any], source: str, environ: Mapping[str, str]) -
     pricing = _pricing(top.sub("pricing"))
     auth = _auth(top.sub("auth"), routes)
     store = _store(top.sub("store"))
+    resume = _resume(top.sub("resume"))
     top.finish()
     if not routes and not problems:
         problems.append(f"{source}: routes: at least one route is required")
@@ -339,7 +362,7 @@ def parse_config(raw: dict[str, Any], source: str, environ: Mapping[str, str]) -
         problems.append(f"{source}: server.default_route: no route named {server.default_route!r}")
     if problems:
         raise ConfigError(problems)
-    return Config(source, server, log, providers, routes, pricing, mock, auth, store)
+    return Config(source, server, log, providers, routes, pricing, mock, auth, store, resume)
 
 
 def _server(r: _Reader) -> Server:
@@ -585,6 +608,15 @@ def _store(r: _Reader) -> Store:
                   prefix=r.get("prefix", str, d.prefix))
     r.finish()
     return store
+
+
+def _resume(r: _Reader) -> Resume:
+    d = Resume()
+    resume = Resume(enabled=r.get("enabled", bool, d.enabled), window_s=r.number("window_s", d.window_s),
+                    max_bytes_per_stream=r.integer("max_bytes_per_stream", d.max_bytes_per_stream,
+                                                   minimum=MIN_EVENT_BYTES))
+    r.finish()
+    return resume
 
 
 def _pricing(r: _Reader) -> dict[str, Price]:

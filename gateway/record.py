@@ -87,6 +87,9 @@ class RequestRecord:
     usage_source: str = "none"
     cost_usd: float | None = None
     client_disconnected: bool = False
+    resumes: int | None = None  # resumable streams only: resume requests served before the stream ended
+    resumed_on: list[str] | None = None  # the instance of each of those resumes, in order
+    client_disconnected_ms: float | None = None  # resumable streams only: summed time with no client reading
     ratelimit: dict[str, Any] | None = None
     error_code: str | None = None
     error_message: str | None = None
@@ -174,6 +177,15 @@ class RequestRecord:
         self.client_disconnected = True
         self.outcome, self.error_code = "client_disconnected", "client_disconnected"
         self.error_message = "the client closed the connection"
+
+    def resumable_ended(self, resumed_on: list[str], away_ms: float) -> None:
+        """A resumable stream's account of its clients, given when it really ends."""
+        self.resumes, self.resumed_on, self.client_disconnected_ms = len(resumed_on), resumed_on, away_ms
+
+    def abandoned(self, error: GatewayError) -> None:
+        """A resumable stream ended without a client: its window ran out, or a client cancelled it."""
+        self.failed(error)
+        self.client_disconnected = True
 
     def finished(self, pricing: Mapping[str, Price]) -> None:
         """The request is over: account its tokens, price them, sum up its timing. Once."""

@@ -268,42 +268,59 @@ async def _read_body(lease: Lease, limit: int, provider: str) -> bytes:
 
 async def relay_stream(d: Dispatch, request: web.Request, opened: OpenStream,
                        headers: Mapping[str, str]) -> web.StreamResponse:
-    """Commit, then pump until the stream ends; an upstream failure becomes the stream's error event."""
-    record, stream, upstream = d.record, opened.stream, opened.lease.response.content
-    loop = asyncio.get_running_loop()
+    """Commit, then pump into the client's response until the stream ends."""
     response = web.StreamResponse(status=200, headers={**STREAM_HEADERS, **headers})
     await response.prepare(request)
-    record.committed()
+    d.record.committed()
+
+    async def write(batch: Batch, overhead_s: float) -> None:
+        await _send(response, d.record, batch, overhead_s)
+
     try:
-        began = time.perf_counter()
-        batch = stream.commit(loop.time())
-        while True:
-            await _send(response, record, batch, time.perf_counter() - began)
-            if batch.ended:
-                break
-            try:
-                async with asyncio.timeout_at(stream.wake_at()):
-                    chunk = await upstream.readany()
-            except TimeoutError:
-                began, batch = time.perf_counter(), stream.timer_fired(loop.time())
-            except aiohttp.ClientError as exc:
-                began = time.perf_counter()
-                batch = stream.shut_down() if d.ticket.cut else stream.broken(type(exc).__name__)
-            else:
-                began = time.perf_counter()
-                # A connection the shutdown closed may read as a clean end of body: it is the cut, not
-                # a truncation by the provider.
-                batch = stream.shut_down() if d.ticket.cut and not chunk else stream.feed(chunk, loop.time())
-        if batch.error is not None:
-            ending = stream.renderer.error(record.failed(batch.error))
-        else:
-            ending = stream.renderer.closing(stream.tokens()[0], ttft_ms=record.ttft_ms,
-                                             latency_ms=record.since_start_ms())
-        await _send(response, record, Batch(ending, events=1 if ending else 0), 0.0)
+        await pump(d, opened, write)
         await response.write_eof()
     except (ClientDisconnected, ConnectionResetError):  # write_eof finds a vanished client this way
-        record.disconnected()
+        d.record.disconnected()
     return response
+
+
+# Where a committed stream's batches go: the client's response, or a resumable stream's event log
+# (resumable.py). It may refuse a batch with an error (not written), which ends the stream.
+Writer = Callable[[Batch, float], Awaitable[GatewayError | None]]
+
+
+async def pump(d: Dispatch, opened: OpenStream, write: Writer) -> None:
+    """From the held events to the stream's last event; an upstream failure becomes its error event."""
+    record, stream, upstream = d.record, opened.stream, opened.lease.response.content
+    loop = asyncio.get_running_loop()
+    began = time.perf_counter()
+    batch = stream.commit(loop.time())
+    while True:
+        refused = await write(batch, time.perf_counter() - began)
+        if refused is not None:
+            batch = Batch(error=refused)
+            break
+        if batch.ended:
+            break
+        try:
+            async with asyncio.timeout_at(stream.wake_at()):
+                chunk = await upstream.readany()
+        except TimeoutError:
+            began, batch = time.perf_counter(), stream.timer_fired(loop.time())
+        except aiohttp.ClientError as exc:
+            began = time.perf_counter()
+            batch = stream.shut_down() if d.ticket.cut else stream.broken(type(exc).__name__)
+        else:
+            began = time.perf_counter()
+            # A connection the shutdown closed may read as a clean end of body: it is the cut, not
+            # a truncation by the provider.
+            batch = stream.shut_down() if d.ticket.cut and not chunk else stream.feed(chunk, loop.time())
+    if batch.error is not None:
+        ending = stream.renderer.error(record.failed(batch.error))
+    else:
+        ending = stream.renderer.closing(stream.tokens()[0], ttft_ms=record.ttft_ms,
+                                         latency_ms=record.since_start_ms())
+    await write(Batch(ending, events=1 if ending else 0, parts=(ending,) if ending else ()), 0.0)
 
 
 async def _send(response: web.StreamResponse, record: RequestRecord, batch: Batch, overhead_s: float) -> None:

@@ -39,7 +39,7 @@ import enum
 import random
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aiohttp
 
@@ -80,6 +80,7 @@ class Batch:
     outputs: int = 0                   # model-output pieces among them: TTFT, gaps, the token estimate
     done: bool = False                 # the upstream's terminator: the stream ended well
     error: GatewayError | None = None  # the stream ended with this failure, after `data`
+    parts: tuple[bytes, ...] = field(default=(), repr=False)  # `data` by event: resumable streams number them
 
     @property
     def ended(self) -> bool:
@@ -243,7 +244,7 @@ class UpstreamStream:
         if error is None and not done:
             error = violation  # after the events that came before it
         self.outputs += outputs
-        batch = Batch(b"".join(out), len(out), outputs, done, error)
+        batch = Batch(b"".join(out), len(out), outputs, done, error, tuple(out))
         if batch.ended:
             self.phase = Phase.ENDED
         return batch

@@ -150,9 +150,11 @@ def parse_stream_chat_request(body: Any) -> ChatRequest:
     Without a model, the caller routes to the configured default."""
     if not isinstance(body, dict):
         raise invalid_request("The request body must be a JSON object")
-    unknown = set(body) - {"prompt", "messages", "model", "user", "max_tokens", "temperature"}
+    unknown = set(body) - {"prompt", "messages", "model", "user", "max_tokens", "temperature", "resumable"}
     if unknown:
         raise invalid_request(f"Unknown field(s): {', '.join(sorted(unknown))}", sorted(unknown)[0])
+    if not isinstance(body.get("resumable", False), bool):
+        raise invalid_request("resumable must be true or false", "resumable")
     prompt, messages = body.get("prompt"), body.get("messages")
     if (prompt is None) == (messages is None):
         raise invalid_request("Send exactly one of prompt (a string) or messages (an array)", "prompt")

@@ -7,16 +7,19 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import textwrap
 import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from .conftest import ROOT, Gateway, Process
-from .edge import CHROMIUM, CHROMIUM_ARGS, Nginx, StaticSite
+from .conftest import ROOT, Gateway, Process, start_gateway, start_redis
+from .cuttable import Cuttable
+from .edge import CHROMIUM, CHROMIUM_ARGS, Nginx, StaticSite, start_nginx
 from .tools import require
 
 ARTIFACTS = ROOT / "tests" / "artifacts"
@@ -326,3 +329,136 @@ def test_the_react_hook_renders_a_fast_stream_at_most_once_per_frame(page: Any, 
     assert page.text_content("#tokens") == "2000"
     assert probe["maxCallbacksPerFrame"] == 1
     assert probe["textUpdates"] < 2000 / 4
+
+
+def full_answer(gateway: Gateway) -> str:
+    """The whole answer to the demo's prompt, read in one go (no resume): what the page must end with."""
+    request = urllib.request.Request(gateway.url + "/v1/stream/chat", data=json.dumps({"prompt": "hi"}).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request) as response:
+        lines = response.read().decode().splitlines()
+    return "".join(json.loads(line[6:])["token"] for line in lines
+                   if line.startswith("data: ") and '"token"' in line)
+
+
+@pytest.mark.parametrize("via", ["direct", "nginx over HTTP/2"])
+def test_a_network_drop_mid_stream_resumes_and_the_page_ends_with_the_whole_answer_once(
+        page: Any, edge_gateway: Gateway, nginx: Nginx, paced_mock: Process, via: str) -> None:
+    expected = full_answer(edge_gateway)
+    relay = Cuttable(edge_gateway.port if via == "direct" else nginx.tls_port)
+    try:
+        page.goto(f"{'http' if via == 'direct' else 'https'}://127.0.0.1:{relay.port}/")
+        before = len(all_mock_records(paced_mock))
+        page.click("#send")
+        page.wait_for_function("() => Number(document.getElementById('tokens').textContent) >= 8")
+        # A phone entering a tunnel: what was open breaks, and nothing new gets out for a while. (Chromium's
+        # offline emulation stalls a response already streaming rather than failing it: the relay breaks it.)
+        relay.cut()
+        page.wait_for_function("() => document.getElementById('status').textContent === 'reconnecting...'")
+        page.context.set_offline(True)
+        time.sleep(0.8)  # resumes fail meanwhile, with backoff
+        assert page.text_content("#status") == "reconnecting..."
+        page.context.set_offline(False)
+        page.wait_for_function("() => document.getElementById('status').textContent === 'done'", timeout=20_000)
+        assert page.text_content("#answer") == expected
+        assert page.text_content("#tokens") == "40"
+        assert page.is_hidden("#error")
+        [record] = all_mock_records(paced_mock)[before:]
+        assert (record["outcome"], record["tokens_sent"]) == ("completed", 40)  # one request, never closed early
+        request_id = page.text_content("#request-id")
+        line = edge_gateway.log_for(request_id)
+        assert line["outcome"] == "ok" and line["client_disconnected_ms"] > 0
+        resumes = [e for e in edge_gateway.edge_events("resume") if e["request_id"] == request_id]
+        assert len(resumes) >= 1 and resumes[0]["after"] >= 8
+        # The line is written when the upstream's answer ends, which may be before the client is back.
+        print(f"\n{via}: dropped after 8+ tokens, resumed after event {resumes[0]['after']}; no client for "
+              f"{line['client_disconnected_ms']} ms before the answer ended; the page has all 40 tokens once")
+    finally:
+        relay.stop()
+
+
+@pytest.fixture(scope="module")
+def redis_gateways(paced_mock: Process, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Gateway]]:
+    """Two gateway instances sharing a real redis-server: where resumable streams' events live."""
+    redis = start_redis()
+    text = textwrap.dedent(f"""
+        [server]
+        host = "127.0.0.1"
+        port = 0
+        heartbeat_s = 0.5
+        default_route = "paced"
+        trusted_proxies = ["127.0.0.1"]
+
+        [store]
+        redis_url = "{redis.url}"
+
+        [providers.paced]
+        dialect = "openai"
+        base_url = "{paced_mock.url}/v1"
+
+        [routes.paced]
+        arms = [{{ name = "paced-arm", provider = "paced", model = "mock-paced", weight = 100 }}]
+        """)
+    gateways: list[Gateway] = []
+    try:
+        for name in ("a", "b"):
+            gateways.append(start_gateway(tmp_path_factory.mktemp(f"browser-redis-{name}"), text))
+        yield gateways
+    finally:
+        for gateway in gateways:
+            gateway.stop()
+        redis.stop()
+
+
+def drop_and_resume(page: Any, relay: Cuttable, then_to: int | None = None) -> None:
+    """Break the network under the page mid-stream, keep it down a while, bring it back; wait for the end."""
+    page.click("#send")
+    page.wait_for_function("() => Number(document.getElementById('tokens').textContent) >= 8")
+    relay.cut(then_to=then_to)
+    page.wait_for_function("() => document.getElementById('status').textContent === 'reconnecting...'")
+    page.context.set_offline(True)
+    time.sleep(0.8)
+    page.context.set_offline(False)
+    page.wait_for_function("() => document.getElementById('status').textContent === 'done'", timeout=20_000)
+
+
+def test_a_drop_resumed_on_the_other_instance_ends_with_the_whole_answer_once(
+        page: Any, redis_gateways: list[Gateway], paced_mock: Process) -> None:
+    first, second = redis_gateways
+    expected = full_answer(first)
+    relay = Cuttable(first.port)
+    try:
+        page.goto(relay.url + "/")
+        before = len(all_mock_records(paced_mock))
+        drop_and_resume(page, relay, then_to=second.port)  # the phone comes back through another balancer path
+        assert page.text_content("#answer") == expected and page.text_content("#tokens") == "40"
+        assert page.is_hidden("#error")
+        [record] = all_mock_records(paced_mock)[before:]
+        assert (record["outcome"], record["tokens_sent"]) == ("completed", 40)
+        request_id = page.text_content("#request-id")
+        assert first.log_for(request_id)["outcome"] == "ok"
+        assert [e for e in second.edge_events("resume") if e["request_id"] == request_id] != []
+        assert [line for line in second.log_lines() if line["request_id"] == request_id] == []
+    finally:
+        relay.stop()
+
+
+def test_behind_nginx_with_two_instances_and_redis_a_drop_loses_nothing(
+        page: Any, redis_gateways: list[Gateway], paced_mock: Process, tmp_path: Path) -> None:
+    first, second = redis_gateways
+    expected = full_answer(first)
+    balancer = start_nginx(tmp_path / "nginx", f"127.0.0.1:{first.port}; server 127.0.0.1:{second.port}")
+    relay = Cuttable(balancer.tls_port)
+    try:
+        page.goto(f"https://127.0.0.1:{relay.port}/")
+        drop_and_resume(page, relay)
+        assert page.text_content("#answer") == expected and page.text_content("#tokens") == "40"
+        request_id = page.text_content("#request-id")
+        owner = [g for g in redis_gateways if any(line["request_id"] == request_id for line in g.log_lines())]
+        resumed = [g for g in redis_gateways if any(e["request_id"] == request_id for e in g.edge_events("resume"))]
+        print(f"\nbehind nginx: stream on instance {redis_gateways.index(owner[0])}, resumed on "
+              f"{[redis_gateways.index(g) for g in resumed]}; the page has all 40 tokens once")
+        assert len(owner) == 1 and resumed != []
+    finally:
+        relay.stop()
+        balancer.stop()

@@ -203,3 +203,35 @@ def test_trusted_proxies_take_addresses_and_networks(tmp_path: Path) -> None:
 def test_a_trusted_proxy_that_is_not_an_address_is_reported(tmp_path: Path) -> None:
     [problem] = problems(tmp_path, '[server]\ntrusted_proxies = ["nginx.internal"]\n' + PROVIDER + ROUTE)
     assert "server.trusted_proxies: expected IP addresses or CIDR networks, got 'nginx.internal'" in problem
+
+
+def test_resume_keys_default_to_a_30_s_window_and_4_mib_per_stream() -> None:
+    resume = load_config(DEFAULT_CONFIG_PATH, {}).resume
+    assert (resume.enabled, resume.window_s, resume.max_bytes_per_stream) == (None, 30.0, 4 * 1024 * 1024)
+
+
+def test_resume_keys_out_of_range_are_each_reported_with_their_path(tmp_path: Path) -> None:
+    found = problems(tmp_path, PROVIDER + ROUTE + '[resume]\nenabled = "yes"\nwindow_s = 0\n'
+                                                  'max_bytes_per_stream = 10\nwindow = 3\n')
+    assert [p.split(": ", 1)[1] for p in found] == [
+        "resume.enabled: expected true or false, got str 'yes'",
+        "resume.window_s: expected a number greater than 0, got 0.0",
+        "resume.max_bytes_per_stream: expected an integer >= 1024, got 10",
+        "resume.window: unknown key",
+    ]
+
+
+@pytest.mark.parametrize(("enabled", "workers", "redis", "active", "problem"), [
+    (None, 1, False, True, False),  # the embedded default: in this process
+    (None, 4, False, False, False),  # off: a resume could land on another worker
+    (None, 4, True, True, False),
+    (True, 4, False, False, True),  # asked for, and impossible: refused at startup
+    (False, 1, False, False, False),
+])
+def test_resumable_streams_run_where_a_resume_can_reach_the_stream(enabled: bool | None, workers: int, redis: bool,
+                                                                  active: bool, problem: bool) -> None:
+    from gateway.config import Resume
+
+    resume = Resume(enabled=enabled)
+    assert resume.active(workers=workers, redis=redis) is active
+    assert (resume.problem(workers=workers, redis=redis) is not None) is problem

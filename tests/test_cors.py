@@ -109,3 +109,18 @@ async def test_star_admits_any_origin_but_never_with_credentials(any_origin_gate
     headers = await stream_headers(any_origin_gateway, "http://anyone.example.test")
     assert headers["Access-Control-Allow-Origin"] in ("*", "http://anyone.example.test")
     assert "Access-Control-Allow-Credentials" not in headers
+
+
+async def test_a_page_on_an_allowed_origin_can_read_a_resumable_streams_id_and_token_and_cancel_it(
+        allowlist_gateway: TestServer) -> None:
+    async with aiohttp.ClientSession() as session:
+        async with session.post(allowlist_gateway.make_url("/v1/stream/chat"), json={**BODY, "resumable": True},
+                                headers={"Origin": APP}) as response:
+            await response.read()
+            exposed = {h.strip().lower() for h in response.headers["Access-Control-Expose-Headers"].split(",")}
+            assert {"x-stream-id", "x-stream-token"} <= exposed
+        ask = {"Origin": APP, "Access-Control-Request-Method": "DELETE",
+               "Access-Control-Request-Headers": "x-stream-token"}
+        async with session.options(allowlist_gateway.make_url(f"/v1/streams/{response.headers['X-Stream-Id']}"),
+                                   headers=ask) as preflight:
+            assert preflight.status == 200 and preflight.headers["Access-Control-Allow-Origin"] == APP

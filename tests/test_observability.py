@@ -231,8 +231,9 @@ def test_every_documented_error_code_is_covered_by_an_outcome_case_or_a_named_te
     # client_disconnected: tests/test_disconnect.py; internal_error: the gateway-bug test below;
     # keys and limits: tests/test_auth_limits.py; pool_exhausted: tests/test_hardening.py;
     # bad_http, request_timeout, too_many_streams: tests/test_edge.py; gateway_shutting_down:
-    # tests/test_shutdown.py.
-    elsewhere = {"client_disconnected", "internal_error", "missing_api_key", "invalid_api_key", "model_not_allowed",
+    # tests/test_shutdown.py; resume_window_expired, stream_cancelled, resume_buffer_full: tests/test_resume.py.
+    elsewhere = {"resume_window_expired", "stream_cancelled", "resume_buffer_full",
+                 "client_disconnected", "internal_error", "missing_api_key", "invalid_api_key", "model_not_allowed",
                  "rate_limit_exceeded", "limits_unavailable", "pool_exhausted", "bad_http", "request_timeout",
                  "too_many_streams", "gateway_shutting_down"}
     covered = {case[6] for case in OUTCOMES} | {case[4] for case in REFUSED} | elsewhere

@@ -54,6 +54,7 @@ ERROR_TYPES: Final[dict[str, str]] = {
     "request_timeout": "invalid_request_error",
     "too_many_streams": "overloaded_error",
     "gateway_shutting_down": "overloaded_error",
+    "resume_buffer_full": "overloaded_error",
 }
 
 # Anthropic's own status -> type, for codes the table does not name.

@@ -1,4 +1,4 @@
-// The demo page: one prompt, one streaming answer, Stop that really stops.
+// The demo page: one prompt, one streaming answer that survives a dropped connection, Stop that really stops.
 import { frameBatcher, streamChat } from "./stream.js";
 
 const $ = (id) => document.getElementById(id);
@@ -7,10 +7,11 @@ const stopButton = $("stop");
 let controller = null;
 
 function setStatus(status) {
+  const live = status === "streaming" || status === "reconnecting...";
   $("status").textContent = status;
-  $("output").classList.toggle("streaming", status === "streaming");
-  $("send").disabled = status === "streaming";
-  stopButton.disabled = status !== "streaming";
+  $("output").classList.toggle("streaming", live);
+  $("send").disabled = live;
+  stopButton.disabled = !live;
 }
 
 function showError(error) {
@@ -55,7 +56,10 @@ async function send(event) {
   const result = await streamChat({
     url: "/v1/stream/chat",
     body,
+    resumable: true, // a dropped connection (a phone on a train) resumes where it broke off
     signal: controller.signal,
+    onReconnecting: () => setStatus("reconnecting..."),
+    onResumed: () => setStatus("streaming"),
     onOpen: (info) => {
       meta = info;
       frame.request();

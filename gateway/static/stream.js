@@ -122,27 +122,37 @@ const now = () => (globalThis.performance ? performance.now() : Date.now());
  *   onEvent(event)                    every parsed SSE event {event, data, id}, for anything else
  *   onDone(result)                    the stream ended cleanly
  *   onError(error, result)            it failed: HTTP error, error event, cut connection, network
+ *   onReconnecting({attempt, error})  resumable: the connection broke; a resume is coming
+ *   onResumed({attempt})              resumable: the resume answered; the stream carries on
  *
  * Returns a promise of the result, which never rejects for a failed stream:
- *   {ok, aborted, status, arm, requestId, text, usage, error, stats}
+ *   {ok, aborted, status, arm, requestId, text, usage, error, stats, streamId, resumes}
  *   stats: {ttftMs, tokens, tokensPerSecond, elapsedMs}
  *     ttftMs          request start to first token, as this client saw it
  *     tokens          pieces of text received (content events)
  *     tokensPerSecond arrival rate after the first token: (tokens - 1) / (last - first)
  *   error: {status, code, message}, the gateway's OpenAI-shaped error where there is one
  *
+ * Resumable (`resumable: true`, sent as `X-Resumable: 1`): the gateway numbers the events and keeps
+ * the answer coming for its resume window. If the connection breaks mid-stream (a phone on a train),
+ * this resumes by itself: GET /v1/streams/{X-Stream-Id} with X-Stream-Token and Last-Event-ID, with
+ * backoff, for up to `resumeWindowMs`. Events are taken once each, by id: no text is duplicated.
+ *
  * Stop: abort the `signal`'s AbortController. The fetch and its connection
- * close at once (the gateway then closes the upstream); the result has
- * aborted: true and neither onDone nor onError is called.
+ * close at once (the gateway then closes the upstream; a resumable stream is
+ * sent DELETE /v1/streams/{id}, as its upstream would otherwise run on for the
+ * window); the result has aborted: true and neither onDone nor onError is called.
  */
 export async function streamChat({ url, body, headers = {}, signal, onOpen, onToken, onEvent, onDone,
-                                   onError, fetch: fetchImpl = globalThis.fetch }) {
+                                   onError, onReconnecting, onResumed, resumable = false,
+                                   resumeWindowMs = 30000, fetch: fetchImpl = globalThis.fetch,
+                                   sleep = abortableSleep }) {
   const started = now();
   let firstAt = 0;
   let lastAt = 0;
   const stats = { ttftMs: null, tokens: 0, tokensPerSecond: 0, elapsedMs: 0 };
   const result = { ok: false, aborted: false, status: 0, arm: null, requestId: null, text: "", usage: null,
-                   error: null, stats };
+                   error: null, stats, streamId: null, resumes: 0 };
   const parts = [];
 
   const finish = (error) => {
@@ -179,7 +189,8 @@ export async function streamChat({ url, body, headers = {}, signal, onOpen, onTo
   try {
     response = await fetchImpl(url, {
       method: "POST",
-      headers: { "Content-Type": "application/json", Accept: "text/event-stream", ...headers },
+      headers: { "Content-Type": "application/json", Accept: "text/event-stream", ...headers,
+                 ...(resumable ? { "X-Resumable": "1" } : {}) },
       body: JSON.stringify(body),
       signal,
     });
@@ -200,10 +211,29 @@ export async function streamChat({ url, body, headers = {}, signal, onOpen, onTo
     return finish(httpError(response.status, text));
   }
 
-  const parser = new SSEParser();
+  // A resumable stream: where to resume it, and how to stop it.
+  const streamId = response.headers.get("X-Stream-Id");
+  const streamToken = response.headers.get("X-Stream-Token");
+  const streamUrl = streamId && streamToken ? `${apiBase(url)}/v1/streams/${encodeURIComponent(streamId)}` : null;
+  result.streamId = streamUrl ? streamId : null;
   let ended = false; // a terminal event arrived: `done`, [DONE] or an error
+  if (streamUrl && signal) {
+    // Stop must stop the upstream too, not only this connection (a resumable one outlives it).
+    signal.addEventListener("abort", () => {
+      if (ended) return;
+      fetchImpl(streamUrl, { method: "DELETE", headers: { ...headers, "X-Stream-Token": streamToken },
+                             keepalive: true }).catch(() => {});
+    }, { once: true });
+  }
+
   let failure = null;
+  let lastId = 0; // the id of the last event taken: a resume asks for what follows it
   const handle = (event) => {
+    if (streamUrl && event.id !== null) {
+      const id = Number(event.id);
+      if (id <= lastId) return; // already taken (never expected: the gateway replays from Last-Event-ID)
+      lastId = id;
+    }
     if (onEvent) onEvent(event);
     if (event.data === "[DONE]") {
       ended = true;
@@ -233,27 +263,81 @@ export async function streamChat({ url, body, headers = {}, signal, onOpen, onTo
     }
   };
 
-  const reader = response.body.getReader();
-  try {
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      for (const event of parser.feed(value)) handle(event);
+  // Read one response to its end; the error that broke it, or null.
+  const consume = async (body) => {
+    const parser = new SSEParser();
+    const reader = body.getReader();
+    try {
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        for (const event of parser.feed(value)) handle(event);
+      }
+      for (const event of parser.close()) handle(event);
+    } catch (exc) {
+      return { code: "stream_interrupted", message: `the connection broke mid-stream: ${(exc && exc.message) || exc}` };
     }
-    for (const event of parser.close()) handle(event);
-  } catch (exc) {
-    if (!(signal && signal.aborted)) {
-      return finish({ status: response.status, code: "stream_interrupted",
-                      message: `the connection broke mid-stream: ${(exc && exc.message) || exc}` });
+    return ended ? null : { code: "stream_interrupted", message: "the stream ended without its final event" };
+  };
+
+  let broken = await consume(response.body);
+  let resumeUntil = 0;
+  let attempt = 0;
+  while (broken && streamUrl && !(signal && signal.aborted)) {
+    // Resume: back off (250 ms, doubling to 2 s), then ask for the events after the last one taken.
+    if (attempt === 0) resumeUntil = now() + resumeWindowMs;
+    if (now() >= resumeUntil) break;
+    attempt += 1;
+    if (onReconnecting) onReconnecting({ attempt, error: broken });
+    await sleep(Math.min(2000, 250 * 2 ** Math.min(attempt - 1, 3)), signal);
+    if (signal && signal.aborted) break;
+    let resumed;
+    try {
+      resumed = await fetchImpl(streamUrl, {
+        method: "GET",
+        headers: { ...headers, Accept: "text/event-stream", "X-Stream-Token": streamToken,
+                   "Last-Event-ID": String(lastId) },
+        signal,
+      });
+    } catch (exc) {
+      broken = { code: "network_error", message: String((exc && exc.message) || exc) };
+      continue; // still offline: try again
     }
-    return finish(null);
+    if (!resumed.ok) {
+      let text = "";
+      try {
+        text = await resumed.text();
+      } catch {
+        // the status says enough
+      }
+      broken = httpError(resumed.status, text); // 404: the stream expired or is not ours
+      break;
+    }
+    result.resumes += 1;
+    attempt = 0;
+    if (onResumed) onResumed({ attempt: result.resumes });
+    broken = await consume(resumed.body);
   }
+  if (signal && signal.aborted) return finish(null);
+  if (broken) return finish({ status: response.status, ...broken });
   if (failure) return finish(failure);
-  if (!ended) {
-    return finish({ status: response.status, code: "stream_interrupted",
-                    message: "the stream ended without its final event" });
-  }
   return finish(null);
+}
+
+/** The part of a chat endpoint's URL before /v1/: where /v1/streams/{id} lives too. */
+function apiBase(url) {
+  const at = String(url).indexOf("/v1/");
+  return at === -1 ? "" : String(url).slice(0, at);
+}
+
+function abortableSleep(ms, signal) {
+  return new Promise((resolve) => {
+    const timer = setTimeout(resolve, ms);
+    signal?.addEventListener("abort", () => {
+      clearTimeout(timer);
+      resolve();
+    }, { once: true });
+  });
 }
 
 function httpError(status, text) {
