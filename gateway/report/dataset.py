@@ -74,10 +74,13 @@ def _columns(typed: bool, route: bool) -> str:
                            for f in fields) + "}"
 
 
-def _scan(param: str, compression: str, typed: bool, route: bool) -> str:
-    return (f"SELECT filename AS file, * EXCLUDE (filename) FROM read_ndjson(${param}, "
+def _scan(param: str, compression: str, typed: bool, route: bool, file: bool = True) -> str:
+    """read_ndjson of the files in ``$param``; ``file``: with each line's
+    file name (only needed to name a malformed line)."""
+    head = "SELECT filename AS file, * EXCLUDE (filename)" if file else "SELECT *"
+    return (f"{head} FROM read_ndjson(${param}, "
             f"columns = {_columns(typed, route)}, records = true, format = 'newline_delimited', "
-            f"ignore_errors = {'false' if typed else 'true'}, filename = true, "
+            f"ignore_errors = {'false' if typed else 'true'}, filename = {'true' if file else 'false'}, "
             f"compression = '{compression}')")
 
 
@@ -105,6 +108,37 @@ CASE WHEN NOT (suffix(ts, 'Z') OR suffix(ts, 'z') OR substr(ts, length(ts) - 5, 
 END"""
 _US_MIN = -62135596800 * 10**6                # 0001-01-01T00:00:00Z
 _US_MAX = 253402300799 * 10**6 + 999999       # 9999-12-31T23:59:59.999999Z
+
+
+def _quick_sql(scans: str, route: bool) -> str:
+    """The fast path's ``lines``: typed fields only, and the kind of each line
+    (as in ``_classify_sql``) from the same checks written as one boolean,
+    without the line's file or the text of its problem.  Both are only
+    needed to show malformed lines: when there are any, ``_classify_sql``
+    reads the logs again for them."""
+    def bad(f: str) -> str:
+        return f"({f} IS NOT NULL AND NOT coalesce({f} >= 0 AND isfinite({f}), false))"
+    route_filter = "route IS DISTINCT FROM $route" if route else "FALSE"
+    return f"""
+CREATE TEMP TABLE lines AS
+WITH raw AS ({scans}),
+typed AS (SELECT *, {_TS_US} AS us FROM raw)
+SELECT arm, outcome, us, ttft_ms AS ttft, latency_ms AS lat, cost_usd AS cost,
+  prompt_tokens AS pt, completion_tokens AS ct, fallback_used AS fb,
+  CASE WHEN event IS NULL THEN 1
+       WHEN event <> 'request' THEN 2
+       WHEN schema IS NULL THEN 1
+       WHEN schema < 1 THEN 2
+       WHEN ts IS NULL OR outcome IS NULL OR fallback_used IS NULL OR us IS NULL
+         OR us < {_US_MIN} OR us > {_US_MAX}
+         OR {bad("ttft_ms")} OR {bad("latency_ms")} OR {bad("cost_usd")}
+         OR (prompt_tokens IS NOT NULL AND NOT coalesce(prompt_tokens >= 0, false))
+         OR (completion_tokens IS NOT NULL AND NOT coalesce(completion_tokens >= 0, false)) THEN 1
+       WHEN us < $since_us OR {route_filter} THEN 3
+       WHEN arm IS NULL THEN 4
+       ELSE 0 END :: TINYINT AS kind
+FROM typed
+"""
 
 
 def _classify_sql(scans: str, typed: bool, route: bool) -> str:
@@ -317,21 +351,25 @@ def load(sources: Iterable[Any] | Any = None, since: float | str | _dt.datetime 
 def _classify(engine: Engine, inputs: Inputs, since_us: int, route: str | None, ds: Dataset) -> None:
     import duckdb
 
-    def run(typed: bool) -> None:
+    def run(typed: bool, quick: bool = False) -> None:
         scans: list[str] = []
         params: dict[str, Any] = {"since_us": since_us}
         if route is not None:
             params["route"] = route
         for param, files, compression in (("plain", inputs.plain, "none"), ("gz", inputs.gzip, "gzip")):
             if files:
-                scans.append(_scan(param, compression, typed, route is not None))
+                scans.append(_scan(param, compression, typed, route is not None, file=not quick))
                 params[param] = files
+        scans_sql = " UNION ALL ".join(scans)
+        sql = _quick_sql(scans_sql, route is not None) if quick else _classify_sql(scans_sql, typed, route is not None)
         engine.con.execute("DROP TABLE IF EXISTS lines")
-        engine.con.execute(_classify_sql(" UNION ALL ".join(scans), typed, route is not None), params)
+        engine.con.execute(sql, params)
 
     def run_any() -> None:
         try:
-            run(typed=True)
+            run(typed=True, quick=True)
+            if engine.con.execute("SELECT count(*) FROM lines WHERE kind = 1").fetchone()[0]:
+                run(typed=True)  # malformed lines: again, with their files and problems
         except duckdb.InvalidInputException:  # a line that is not JSON, or a value of the wrong type
             run(typed=False)
 
