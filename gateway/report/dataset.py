@@ -218,12 +218,11 @@ SELECT arm, fsum(cost * $scale), var_samp(cost * $scale)
 FROM lines WHERE kind = 0 AND cost IS NOT NULL GROUP BY arm
 """
 
-# Durations as (arm, distinct value, count); no ORDER BY, numpy sorts the
-# few groups faster than DuckDB sorts them for a UNION.
-_HISTOGRAM = {
-    "ttft": "SELECT arm, ttft AS v, count(*) AS c FROM lines WHERE kind = 0 AND ttft IS NOT NULL GROUP BY ALL",
-    "latency": "SELECT arm, lat AS v, count(*) AS c FROM lines "
-               "WHERE kind = 0 AND outcome = 'ok' AND lat IS NOT NULL GROUP BY ALL",
+# Durations of one arm ($arm), as numpy arrays: np.unique sorts and counts
+# the distinct values about twice as fast as a GROUP BY over the whole table
+_DURATIONS = {
+    "ttft": "SELECT ttft AS v FROM lines WHERE kind = 0 AND arm = $arm AND ttft IS NOT NULL",
+    "latency": "SELECT lat AS v FROM lines WHERE kind = 0 AND arm = $arm AND outcome = 'ok' AND lat IS NOT NULL",
 }
 
 _MAX_EXAMPLES = 5
@@ -363,6 +362,9 @@ def _classify(engine: Engine, inputs: Inputs, since_us: int, route: str | None, 
         scans_sql = " UNION ALL ".join(scans)
         sql = _quick_sql(scans_sql, route is not None) if quick else _classify_sql(scans_sql, typed, route is not None)
         engine.con.execute("DROP TABLE IF EXISTS lines")
+        # Line numbers (rowid, for malformed lines) need the scan's order;
+        # the quick table's figures do not, and DuckDB builds it faster unordered.
+        engine.con.execute(f"SET preserve_insertion_order = {'false' if quick else 'true'}")
         engine.con.execute(sql, params)
 
     def run_any() -> None:
@@ -444,10 +446,8 @@ def _per_arm(engine: Engine, ds: Dataset) -> None:
         a.cost_sum_scaled, a.cost_var_scaled = total, (var if var is not None else math.nan)
     for a in ds.arms.values():
         a.cost_exp = exp
-    for metric, sql in _HISTOGRAM.items():
-        h = con.execute(sql).fetchnumpy()
-        arms, values, counts = np.asarray(h["arm"], dtype=object), np.asarray(h["v"]), np.asarray(h["c"])
-        for name, a in ds.arms.items():
-            mine = arms == name
-            order = np.argsort(values[mine])
-            setattr(a, metric, Sample(values[mine][order], counts[mine][order]))
+    for name, a in ds.arms.items():
+        for metric, sql in _DURATIONS.items():
+            values = np.asarray(con.execute(sql, {"arm": name}).fetchnumpy()["v"], dtype=np.float64)
+            distinct, counts = np.unique(values, return_counts=True)
+            setattr(a, metric, Sample(distinct, counts))
