@@ -200,12 +200,13 @@ def _per_arm_sql(split: bool) -> str:
         if not split:
             return f"sum({col}) FILTER ({cond}), 0"
         return f"sum({col} // {_TWO64}) FILTER ({cond}), sum({col} % {_TWO64}) FILTER ({cond})"
+    # per arm and outcome: one pass gives both; the arms' sums are added in Python
     return f"""
-SELECT arm, count(*) AS n, count(*) FILTER (outcome = 'ok') AS ok,
+SELECT arm, outcome, count(*) AS n,
        count(*) FILTER (fb) AS fallbacks, min(us), max(us),
        {tokens("pt")}, {tokens("ct")}, {tokens("ct", "cost IS NOT NULL")},
        count(cost), max(cost)
-FROM lines WHERE kind = 0 GROUP BY arm
+FROM lines WHERE kind = 0 GROUP BY arm, outcome
 """
 
 
@@ -218,12 +219,12 @@ SELECT arm, fsum(cost * $scale), var_samp(cost * $scale)
 FROM lines WHERE kind = 0 AND cost IS NOT NULL GROUP BY arm
 """
 
-# Durations of one arm ($arm), as numpy arrays: np.unique sorts and counts
-# the distinct values about twice as fast as a GROUP BY over the whole table
-_DURATIONS = {
-    "ttft": "SELECT ttft AS v FROM lines WHERE kind = 0 AND arm = $arm AND ttft IS NOT NULL",
-    "latency": "SELECT lat AS v FROM lines WHERE kind = 0 AND arm = $arm AND outcome = 'ok' AND lat IS NOT NULL",
-}
+# Durations of one arm ($arm) as numpy arrays: TTFT of any outcome, latency
+# of ok requests (NULL, masked, where absent); np.unique sorts and counts them
+_DURATIONS = """
+SELECT ttft, CASE WHEN outcome = 'ok' THEN lat END AS latency
+FROM lines WHERE kind = 0 AND arm = $arm AND (ttft IS NOT NULL OR (outcome = 'ok' AND lat IS NOT NULL))
+"""
 
 _MAX_EXAMPLES = 5
 
@@ -428,18 +429,24 @@ def _per_arm(engine: Engine, ds: Dataset) -> None:
         return int(hi or 0) * unit + int(lo or 0)
 
     max_cost = 0.0
-    for (arm, n, ok, fallbacks, first, last, pt_hi, pt_lo, ct_hi, ct_lo, pct_hi, pct_lo,
+    for (arm, outcome, n, fallbacks, first, last, pt_hi, pt_lo, ct_hi, ct_lo, pct_hi, pct_lo,
          priced, arm_max_cost) in rows:
-        ds.arms[arm] = ArmData(
-            name=arm, requests=n, successes=ok, fallbacks=fallbacks, first_us=first, last_us=last,
-            prompt_tokens=join(pt_hi, pt_lo), completion_tokens=join(ct_hi, ct_lo),
-            priced_completion_tokens=join(pct_hi, pct_lo), priced=priced)
+        a = ds.arms.get(arm)
+        if a is None:
+            a = ds.arms[arm] = ArmData(name=arm, first_us=first, last_us=last)
+        a.requests += n
+        a.outcomes[outcome] = n
+        if outcome == "ok":
+            a.successes = n
+        a.fallbacks += fallbacks
+        a.first_us, a.last_us = min(a.first_us, first), max(a.last_us, last)
+        a.prompt_tokens += join(pt_hi, pt_lo)
+        a.completion_tokens += join(ct_hi, ct_lo)
+        a.priced_completion_tokens += join(pct_hi, pct_lo)
+        a.priced += priced
         max_cost = max(max_cost, arm_max_cost or 0.0)
     if not ds.arms:
         return
-    for arm, outcome, n in con.execute(
-            "SELECT arm, outcome, count(*) FROM lines WHERE kind = 0 GROUP BY ALL").fetchall():
-        ds.arms[arm].outcomes[outcome] = n
     exp = math.frexp(max_cost)[1] if max_cost > 0 else 0
     for arm, total, var in con.execute(_COST, {"scale": math.ldexp(1.0, -exp)}).fetchall():
         a = ds.arms[arm]
@@ -447,7 +454,9 @@ def _per_arm(engine: Engine, ds: Dataset) -> None:
     for a in ds.arms.values():
         a.cost_exp = exp
     for name, a in ds.arms.items():
-        for metric, sql in _DURATIONS.items():
-            values = np.asarray(con.execute(sql, {"arm": name}).fetchnumpy()["v"], dtype=np.float64)
+        cols = con.execute(_DURATIONS, {"arm": name}).fetchnumpy()
+        for metric in ("ttft", "latency"):
+            col = cols[metric]
+            values = np.asarray(col.compressed() if np.ma.isMaskedArray(col) else col, dtype=np.float64)
             distinct, counts = np.unique(values, return_counts=True)
             setattr(a, metric, Sample(distinct, counts))
