@@ -98,14 +98,15 @@ def _quoted(f: str) -> str:
 # the last microsecond of its minute; years outside 0001-9999 (RFC 3339's
 # range, and Python's) make the line malformed rather than crash later.
 _TS_US = r"""
-CASE WHEN NOT (suffix(ts, 'Z') OR suffix(ts, 'z') OR substr(ts, length(ts) - 5, 1) IN ('+', '-'))
-     THEN NULL
-     ELSE epoch_us(coalesce(
-        TRY_CAST(ts AS TIMESTAMPTZ),
-        CASE WHEN substr(ts, 18, 2) = '60'
-             THEN TRY_CAST(regexp_replace(ts, '^(.{17})60(\.[0-9]*)?', '\159.999999') AS TIMESTAMPTZ)
-        END))
-END"""
+epoch_us(CASE
+  WHEN CASE WHEN suffix(ts, 'Z') THEN TRUE WHEN suffix(ts, 'z') THEN TRUE  -- a CASE, not OR: the
+            ELSE substr(ts, length(ts) - 5, 1) IN ('+', '-') END             -- common 'Z' ends the test
+  THEN coalesce(
+    TRY_CAST(ts AS TIMESTAMPTZ),
+    CASE WHEN substr(ts, 18, 2) = '60'
+         THEN TRY_CAST(regexp_replace(ts, '^(.{17})60(\.[0-9]*)?', '\159.999999') AS TIMESTAMPTZ)
+    END)
+END)"""
 _US_MIN = -62135596800 * 10**6                # 0001-01-01T00:00:00Z
 _US_MAX = 253402300799 * 10**6 + 999999       # 9999-12-31T23:59:59.999999Z
 
