@@ -190,3 +190,41 @@ def test_without_duckdb_the_report_names_the_install_command(tmp_path):
 def _stream(records: list) -> io.BytesIO:
     """Records as a log stream; the standard library writes integers of any size."""
     return io.BytesIO("".join(json.dumps(r) + "\n" for r in records).encode())
+
+
+def test_the_quick_and_the_full_classification_agree_line_by_line(tmp_path):
+    """The fast path's table (_quick_sql) and the one that names problems
+    (_classify_sql) must give every line the same kind and values."""
+    from gateway.report.dataset import _classify_sql, _quick_sql, _scan
+    from gateway.report.engine import Engine
+
+    def without(field: str, **over) -> dict:
+        rec = record(**over)
+        del rec[field]
+        return rec
+
+    recs = [record(), record(arm="canary", ttft_ms=None), record(arm=None), record(route="other"),
+            record(ttft_ms=-1.0), record(latency_ms=-0.5), record(cost_usd=-1e-9), record(prompt_tokens=-1),
+            record(completion_tokens=-3), record(ts="2026-11-26T04:00:00"), record(ts="2016-12-31T23:59:60Z"),
+            record(ts="2026-11-26T05:00:00.5+01:00"), record(ts="0000-12-31T23:59:59Z"), record(ts="soon"),
+            record(ts="2000-01-01T00:00:00Z"), record(schema=0), record(schema=None),
+            record(event="startup"), without("event"), without("ts"), without("outcome"),
+            without("fallback_used"), record(fallback_used=True), record(prompt_tokens=2**100)]
+    path = tmp_path / "r.log"
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))   # json: 2**100 is beyond orjson
+    engine = Engine()
+    try:
+        # since 2001-09-09: the line of 2000 is filtered
+        params = {"plain": [str(path)], "since_us": 10**15, "route": "chat"}
+        rows = []
+        for sql in (_quick_sql(_scan("plain", "none", True, True, file=False), True),
+                    _classify_sql(_scan("plain", "none", True, True), True, True)):
+            engine.con.execute("DROP TABLE IF EXISTS lines")
+            engine.con.execute(sql, params)
+            rows.append(sorted(engine.con.execute(
+                "SELECT kind, arm, outcome, us, ttft, lat, cost, pt, ct, fb FROM lines").fetchall(), key=repr))
+        assert rows[0] == rows[1]
+        kinds = sorted(r[0] for r in rows[0])
+        assert kinds.count(0) == 6 and kinds.count(1) == 13 and kinds.count(2) == 2 and kinds.count(3) == 2
+    finally:
+        engine.close()

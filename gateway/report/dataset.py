@@ -74,10 +74,13 @@ def _columns(typed: bool, route: bool) -> str:
                            for f in fields) + "}"
 
 
-def _scan(param: str, compression: str, typed: bool, route: bool) -> str:
-    return (f"SELECT filename AS file, * EXCLUDE (filename) FROM read_ndjson(${param}, "
+def _scan(param: str, compression: str, typed: bool, route: bool, file: bool = True) -> str:
+    """read_ndjson of the files in ``$param``; ``file``: with each line's
+    file name (only needed to name a malformed line)."""
+    head = "SELECT filename AS file, * EXCLUDE (filename)" if file else "SELECT *"
+    return (f"{head} FROM read_ndjson(${param}, "
             f"columns = {_columns(typed, route)}, records = true, format = 'newline_delimited', "
-            f"ignore_errors = {'false' if typed else 'true'}, filename = true, "
+            f"ignore_errors = {'false' if typed else 'true'}, filename = {'true' if file else 'false'}, "
             f"compression = '{compression}')")
 
 
@@ -95,16 +98,48 @@ def _quoted(f: str) -> str:
 # the last microsecond of its minute; years outside 0001-9999 (RFC 3339's
 # range, and Python's) make the line malformed rather than crash later.
 _TS_US = r"""
-CASE WHEN NOT (suffix(ts, 'Z') OR suffix(ts, 'z') OR substr(ts, length(ts) - 5, 1) IN ('+', '-'))
-     THEN NULL
-     ELSE epoch_us(coalesce(
-        TRY_CAST(ts AS TIMESTAMPTZ),
-        CASE WHEN substr(ts, 18, 2) = '60'
-             THEN TRY_CAST(regexp_replace(ts, '^(.{17})60(\.[0-9]*)?', '\159.999999') AS TIMESTAMPTZ)
-        END))
-END"""
+epoch_us(CASE
+  WHEN CASE WHEN suffix(ts, 'Z') THEN TRUE WHEN suffix(ts, 'z') THEN TRUE  -- a CASE, not OR: the
+            ELSE substr(ts, length(ts) - 5, 1) IN ('+', '-') END             -- common 'Z' ends the test
+  THEN coalesce(
+    TRY_CAST(ts AS TIMESTAMPTZ),
+    CASE WHEN substr(ts, 18, 2) = '60'
+         THEN TRY_CAST(regexp_replace(ts, '^(.{17})60(\.[0-9]*)?', '\159.999999') AS TIMESTAMPTZ)
+    END)
+END)"""
 _US_MIN = -62135596800 * 10**6                # 0001-01-01T00:00:00Z
 _US_MAX = 253402300799 * 10**6 + 999999       # 9999-12-31T23:59:59.999999Z
+
+
+def _quick_sql(scans: str, route: bool) -> str:
+    """The fast path's ``lines``: typed fields only, and the kind of each line
+    (as in ``_classify_sql``) from the same checks written as one boolean,
+    without the line's file or the text of its problem.  Both are only
+    needed to show malformed lines: when there are any, ``_classify_sql``
+    reads the logs again for them."""
+    def bad(f: str) -> str:
+        return f"({f} IS NOT NULL AND NOT coalesce({f} >= 0 AND isfinite({f}), false))"
+    route_filter = "route IS DISTINCT FROM $route" if route else "FALSE"
+    return f"""
+CREATE TEMP TABLE lines AS
+WITH raw AS ({scans}),
+typed AS (SELECT *, {_TS_US} AS us FROM raw)
+SELECT arm, outcome, us, ttft_ms AS ttft, latency_ms AS lat, cost_usd AS cost,
+  prompt_tokens AS pt, completion_tokens AS ct, fallback_used AS fb,
+  CASE WHEN event IS NULL THEN 1
+       WHEN event <> 'request' THEN 2
+       WHEN schema IS NULL THEN 1
+       WHEN schema < 1 THEN 2
+       WHEN ts IS NULL OR outcome IS NULL OR fallback_used IS NULL OR us IS NULL
+         OR us < {_US_MIN} OR us > {_US_MAX}
+         OR {bad("ttft_ms")} OR {bad("latency_ms")} OR {bad("cost_usd")}
+         OR (prompt_tokens IS NOT NULL AND NOT coalesce(prompt_tokens >= 0, false))
+         OR (completion_tokens IS NOT NULL AND NOT coalesce(completion_tokens >= 0, false)) THEN 1
+       WHEN us < $since_us OR {route_filter} THEN 3
+       WHEN arm IS NULL THEN 4
+       ELSE 0 END :: TINYINT AS kind
+FROM typed
+"""
 
 
 def _classify_sql(scans: str, typed: bool, route: bool) -> str:
@@ -166,12 +201,13 @@ def _per_arm_sql(split: bool) -> str:
         if not split:
             return f"sum({col}) FILTER ({cond}), 0"
         return f"sum({col} // {_TWO64}) FILTER ({cond}), sum({col} % {_TWO64}) FILTER ({cond})"
+    # per arm and outcome: one pass gives both; the arms' sums are added in Python
     return f"""
-SELECT arm, count(*) AS n, count(*) FILTER (outcome = 'ok') AS ok,
+SELECT arm, outcome, count(*) AS n,
        count(*) FILTER (fb) AS fallbacks, min(us), max(us),
        {tokens("pt")}, {tokens("ct")}, {tokens("ct", "cost IS NOT NULL")},
        count(cost), max(cost)
-FROM lines WHERE kind = 0 GROUP BY arm
+FROM lines WHERE kind = 0 GROUP BY arm, outcome
 """
 
 
@@ -184,13 +220,12 @@ SELECT arm, fsum(cost * $scale), var_samp(cost * $scale)
 FROM lines WHERE kind = 0 AND cost IS NOT NULL GROUP BY arm
 """
 
-# Durations as (arm, distinct value, count); no ORDER BY, numpy sorts the
-# few groups faster than DuckDB sorts them for a UNION.
-_HISTOGRAM = {
-    "ttft": "SELECT arm, ttft AS v, count(*) AS c FROM lines WHERE kind = 0 AND ttft IS NOT NULL GROUP BY ALL",
-    "latency": "SELECT arm, lat AS v, count(*) AS c FROM lines "
-               "WHERE kind = 0 AND outcome = 'ok' AND lat IS NOT NULL GROUP BY ALL",
-}
+# Durations of one arm ($arm) as numpy arrays: TTFT of any outcome, latency
+# of ok requests (NULL, masked, where absent); np.unique sorts and counts them
+_DURATIONS = """
+SELECT ttft, CASE WHEN outcome = 'ok' THEN lat END AS latency
+FROM lines WHERE kind = 0 AND arm = $arm AND (ttft IS NOT NULL OR (outcome = 'ok' AND lat IS NOT NULL))
+"""
 
 _MAX_EXAMPLES = 5
 
@@ -317,21 +352,28 @@ def load(sources: Iterable[Any] | Any = None, since: float | str | _dt.datetime 
 def _classify(engine: Engine, inputs: Inputs, since_us: int, route: str | None, ds: Dataset) -> None:
     import duckdb
 
-    def run(typed: bool) -> None:
+    def run(typed: bool, quick: bool = False) -> None:
         scans: list[str] = []
         params: dict[str, Any] = {"since_us": since_us}
         if route is not None:
             params["route"] = route
         for param, files, compression in (("plain", inputs.plain, "none"), ("gz", inputs.gzip, "gzip")):
             if files:
-                scans.append(_scan(param, compression, typed, route is not None))
+                scans.append(_scan(param, compression, typed, route is not None, file=not quick))
                 params[param] = files
+        scans_sql = " UNION ALL ".join(scans)
+        sql = _quick_sql(scans_sql, route is not None) if quick else _classify_sql(scans_sql, typed, route is not None)
         engine.con.execute("DROP TABLE IF EXISTS lines")
-        engine.con.execute(_classify_sql(" UNION ALL ".join(scans), typed, route is not None), params)
+        # Line numbers (rowid, for malformed lines) need the scan's order;
+        # the quick table's figures do not, and DuckDB builds it faster unordered.
+        engine.con.execute(f"SET preserve_insertion_order = {'false' if quick else 'true'}")
+        engine.con.execute(sql, params)
 
     def run_any() -> None:
         try:
-            run(typed=True)
+            run(typed=True, quick=True)
+            if engine.con.execute("SELECT count(*) FROM lines WHERE kind = 1").fetchone()[0]:
+                run(typed=True)  # malformed lines: again, with their files and problems
         except duckdb.InvalidInputException:  # a line that is not JSON, or a value of the wrong type
             run(typed=False)
 
@@ -388,28 +430,34 @@ def _per_arm(engine: Engine, ds: Dataset) -> None:
         return int(hi or 0) * unit + int(lo or 0)
 
     max_cost = 0.0
-    for (arm, n, ok, fallbacks, first, last, pt_hi, pt_lo, ct_hi, ct_lo, pct_hi, pct_lo,
+    for (arm, outcome, n, fallbacks, first, last, pt_hi, pt_lo, ct_hi, ct_lo, pct_hi, pct_lo,
          priced, arm_max_cost) in rows:
-        ds.arms[arm] = ArmData(
-            name=arm, requests=n, successes=ok, fallbacks=fallbacks, first_us=first, last_us=last,
-            prompt_tokens=join(pt_hi, pt_lo), completion_tokens=join(ct_hi, ct_lo),
-            priced_completion_tokens=join(pct_hi, pct_lo), priced=priced)
+        a = ds.arms.get(arm)
+        if a is None:
+            a = ds.arms[arm] = ArmData(name=arm, first_us=first, last_us=last)
+        a.requests += n
+        a.outcomes[outcome] = n
+        if outcome == "ok":
+            a.successes = n
+        a.fallbacks += fallbacks
+        a.first_us, a.last_us = min(a.first_us, first), max(a.last_us, last)
+        a.prompt_tokens += join(pt_hi, pt_lo)
+        a.completion_tokens += join(ct_hi, ct_lo)
+        a.priced_completion_tokens += join(pct_hi, pct_lo)
+        a.priced += priced
         max_cost = max(max_cost, arm_max_cost or 0.0)
     if not ds.arms:
         return
-    for arm, outcome, n in con.execute(
-            "SELECT arm, outcome, count(*) FROM lines WHERE kind = 0 GROUP BY ALL").fetchall():
-        ds.arms[arm].outcomes[outcome] = n
     exp = math.frexp(max_cost)[1] if max_cost > 0 else 0
     for arm, total, var in con.execute(_COST, {"scale": math.ldexp(1.0, -exp)}).fetchall():
         a = ds.arms[arm]
         a.cost_sum_scaled, a.cost_var_scaled = total, (var if var is not None else math.nan)
     for a in ds.arms.values():
         a.cost_exp = exp
-    for metric, sql in _HISTOGRAM.items():
-        h = con.execute(sql).fetchnumpy()
-        arms, values, counts = np.asarray(h["arm"], dtype=object), np.asarray(h["v"]), np.asarray(h["c"])
-        for name, a in ds.arms.items():
-            mine = arms == name
-            order = np.argsort(values[mine])
-            setattr(a, metric, Sample(values[mine][order], counts[mine][order]))
+    for name, a in ds.arms.items():
+        cols = con.execute(_DURATIONS, {"arm": name}).fetchnumpy()
+        for metric in ("ttft", "latency"):
+            col = cols[metric]
+            values = np.asarray(col.compressed() if np.ma.isMaskedArray(col) else col, dtype=np.float64)
+            distinct, counts = np.unique(values, return_counts=True)
+            setattr(a, metric, Sample(distinct, counts))
