@@ -17,14 +17,19 @@ import aiohttp_cors
 import orjson
 from aiohttp import web
 
-from . import forwarded, static_site
-from .config import Config
+from . import admin, forwarded, static_site
+from .admin import GUARD, LIVE
+from .canary import CanaryGuard
+from .config import Config, Route
 from .endpoints import BY_PATH, ENDPOINTS, Endpoint
 from .errors import GatewayError, Scrubber, shutting_down
+from .guard import Verdict
+from .hedge import Hedger
 from .inflight import InFlight, Ticket
 from .intake import read_json
 from .keys import authenticate, authorize_route, presented_key
 from .limits import Limiter, reservation
+from .live import POLL_S, LiveRoutes, with_trip
 from .metrics import Metrics
 from .record import RequestLog, RequestRecord
 from .relay import Dispatch, stream_response, unary_response
@@ -39,6 +44,8 @@ SCRUB = web.AppKey("scrub", Scrubber)
 IN_FLIGHT = web.AppKey("in_flight", InFlight)
 METRICS = web.AppKey("metrics", Metrics)
 LIMITER = web.AppKey("limiter", Limiter)
+HEDGERS = web.AppKey("hedgers", dict[str, Hedger])
+BACKGROUND: web.AppKey[set[asyncio.Task[None]]] = web.AppKey("background")
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
@@ -57,6 +64,10 @@ def build_app(config: Config, *, log: RequestLog | None = None, workers: int = 1
                     if config.store.redis_url else MemoryStore())
     app[LIMITER] = Limiter(store, on_error=config.store.on_error, share=workers,
                            on_store_error=lambda reason: _store_down(app, reason))
+    app[LIVE] = LiveRoutes(config, store, workers=workers)
+    app[GUARD] = CanaryGuard(config, workers=workers)
+    app[HEDGERS] = {name: Hedger(route.hedge) for name, route in config.routes.items() if route.hedge is not None}
+    app[BACKGROUND] = set()
     if log is not None:
         app[LOG] = log
     app.on_shutdown.append(_start_draining)
@@ -64,12 +75,14 @@ def build_app(config: Config, *, log: RequestLog | None = None, workers: int = 1
     app.cleanup_ctx.append(_request_log)
     app.cleanup_ctx.append(_provider_sessions)
     app.cleanup_ctx.append(_limits)
+    app.cleanup_ctx.append(_live_routes)
     for endpoint in ENDPOINTS:
         app.router.add_post(endpoint.path, _handler(endpoint))
     app.router.add_get("/v1/models", models)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
+    admin.add_routes(app, config)
     static_site.add_routes(app)
     _setup_cors(app, config)
     return app
@@ -110,6 +123,32 @@ async def _request_log(app: web.Application) -> AsyncIterator[None]:
 async def _limits(app: web.Application) -> AsyncIterator[None]:
     yield
     await app[LIMITER].close()
+
+
+async def _live_routes(app: web.Application) -> AsyncIterator[None]:
+    """With a shared store, every worker polls the live weights and guard state (live.py)."""
+    live = app[LIVE]
+    poller = None
+    if live.shared:
+        poller = asyncio.create_task(_poll_live(app))
+    yield
+    if poller is not None:
+        poller.cancel()
+    background = app[BACKGROUND]
+    if background:  # a trip being written to the store
+        await asyncio.wait(list(background), timeout=1.0)
+
+
+async def _poll_live(app: web.Application) -> None:
+    live, guard = app[LIVE], app[GUARD]
+    while True:
+        try:
+            await live.refresh()
+        except Exception:  # the store is down: keep the last known state (the limiter logs the outage)
+            pass
+        for name, state in live.states.items():
+            guard.untrip(name, set(state.tripped))
+        await asyncio.sleep(POLL_S)
 
 
 def _store_down(app: web.Application, reason: str) -> None:
@@ -217,7 +256,7 @@ async def _handle(request: web.Request, endpoint: Endpoint) -> web.StreamRespons
         model = chat.model or config.default_model()
         record.requested(model, chat.stream)
         user = pick_user_key(chat.user, request.headers.get("X-User-Id"), presented_key(request.headers))
-        route = plan(config, model, user, request.headers.get(ARM_OVERRIDE_HEADER))
+        route = plan(config, model, user, request.headers.get(ARM_OVERRIDE_HEADER), app[LIVE].weights)
         authorize_route(key, model)
         record.routed(route.arm.name, route.user_key_hash, route.user.source)
         headers["X-Gateway-Arm"] = route.arm.name
@@ -229,7 +268,10 @@ async def _handle(request: web.Request, endpoint: Endpoint) -> web.StreamRespons
         dispatch = Dispatch(app[UPSTREAMS], record, chat, route, deadline=record.started + route.total_s,
                             heartbeat_s=config.server.heartbeat_s,
                             forward={k.lower(): v for k, v in request.headers.items()},
-                            max_event_bytes=config.server.max_event_bytes, ticket=ticket)
+                            max_event_bytes=config.server.max_event_bytes, ticket=ticket,
+                            hedger=app[HEDGERS].get(route.route.name))
+        if dispatch.hedger is not None:
+            dispatch.hedger.admit(asyncio.get_running_loop().time())
         if record.stream:
             return await stream_response(dispatch, request, endpoint.renderer(chat), headers)
         return await unary_response(dispatch, headers)
@@ -266,6 +308,29 @@ def _finish(app: web.Application, record: RequestRecord) -> None:
     record.finished(app[CONFIG].pricing)
     app[LOG].emit(record)
     app[METRICS].observe(record)
+    if (tripped := app[GUARD].observe(record)) is not None:
+        _trip(app, *tripped)
+
+
+def _trip(app: web.Application, route: Route, arm: str, verdict: Verdict) -> None:
+    """The guard proved the canary worse: it goes to weight 0 (live.py), said once in the log and metrics."""
+    fields = {"statistic": verdict.statistic, "evidence": verdict.wealth, "threshold": verdict.threshold,
+              "discordant_pairs": verdict.discordant_pairs, "canary_worse": verdict.canary_worse,
+              "pairs": verdict.pairs, "confidence": route.guard.confidence if route.guard else None}
+    app[LOG].event("guard", route=route.name, arm=arm, control=route.arms[0].name, action="weight_zero", **fields)
+    app[METRICS].guard_trips.labels(route.name, arm, verdict.statistic).inc()
+    app[METRICS].guard_tripped.labels(route.name, arm).set(1)
+
+    async def write() -> None:
+        try:
+            await app[LIVE].trip(route, arm, fields)
+        except Exception as exc:  # the store is down: this worker's own state still drops the arm
+            app[LIVE].states[route.name] = with_trip(app[LIVE].state(route), route, arm, fields)
+            _store_down(app, type(exc).__name__)
+
+    task = asyncio.create_task(write())
+    app[BACKGROUND].add(task)
+    task.add_done_callback(app[BACKGROUND].discard)
 
 
 def _tokens_used(record: RequestRecord) -> int | None:

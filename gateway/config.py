@@ -108,8 +108,7 @@ class Hedge:
 class Guard:
     """Live canary guard (guard.py): a non-control arm proven worse than the control goes to weight 0."""
 
-    confidence: float = 0.99  # 1 - the chance, per arm and worker, that an arm as good as the control trips
-    min_requests: int = 0  # per arm before the guard may act (the test is valid without; this is for humans)
+    confidence: float = 0.99  # 1 - the chance that an arm as good as the control ever trips
 
 
 @dataclass(frozen=True, slots=True)
@@ -577,7 +576,7 @@ def _guard(r: _Reader) -> Guard:
     if not 0.5 <= confidence < 1:
         r.problem("confidence", f"expected a number in [0.5, 1), got {confidence!r}")
         confidence = d.confidence
-    g = Guard(confidence=confidence, min_requests=r.integer("min_requests", d.min_requests, minimum=0))
+    g = Guard(confidence=confidence)
     r.finish()
     return g
 
