@@ -41,10 +41,13 @@ def _admin(handler: Callable[[web.Request], Awaitable[web.Response]]
     async def checked(request: web.Request) -> web.Response:
         expected = request.app[LIVE].config.admin.key or ""
         presented = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-        if not expected or not hmac.compare_digest(presented.encode(), expected.encode()):
-            raise GatewayError(401, "invalid_admin_key", "The admin API needs the admin key "
-                                                         "(Authorization: Bearer <key>)")
-        return await handler(request)
+        try:
+            if not expected or not hmac.compare_digest(presented.encode(), expected.encode()):
+                raise GatewayError(401, "invalid_admin_key", "The admin API needs the admin key "
+                                                             "(Authorization: Bearer <key>)")
+            return await handler(request)
+        except GatewayError as error:  # the OpenAI error shape, as everywhere else
+            return web.Response(body=error.json(), status=error.status, content_type="application/json")
 
     checked.__name__ = handler.__name__
     return checked
@@ -87,4 +90,4 @@ async def put_weights(request: web.Request) -> web.Response:
     except WeightsRefused as refused:
         raise GatewayError(refused.status, "weights_refused", refused.message) from None
     guard.untrip(route.name, set(state.tripped))
-    return _json(route_view(route, live, guard))
+    return _json({"shared": live.shared, "routes": [route_view(route, live, guard)]})
