@@ -24,9 +24,9 @@ from .canary import CanaryGuard
 from .config import Config, Route
 from .errors import GatewayError
 from .live import LiveRoutes, WeightsRefused
+from .reload import RUNTIME
 
 LIVE = web.AppKey("live", LiveRoutes)
-GUARD = web.AppKey("guard", CanaryGuard)
 
 
 def add_routes(app: web.Application, config: Config) -> None:
@@ -71,13 +71,13 @@ def route_view(route: Route, live: LiveRoutes, guard: CanaryGuard) -> dict[str, 
 
 async def routes(request: web.Request) -> web.Response:
     app = request.app
-    live, guard = app[LIVE], app[GUARD]
+    live, guard = app[LIVE], app[RUNTIME].runtime.guard
     return _json({"shared": live.shared, "routes": [route_view(r, live, guard) for r in live.config.routes.values()]})
 
 
 async def put_weights(request: web.Request) -> web.Response:
     app = request.app
-    live, guard = app[LIVE], app[GUARD]
+    live, guard = app[LIVE], app[RUNTIME].runtime.guard
     route = live.config.routes.get(request.match_info["route"])
     if route is None:
         raise GatewayError(404, "route_not_found", f"No route {request.match_info['route']!r}")

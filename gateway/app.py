@@ -18,13 +18,11 @@ import orjson
 from aiohttp import web
 
 from . import admin, forwarded, static_site
-from .admin import GUARD, LIVE
-from .canary import CanaryGuard
+from .admin import LIVE
 from .config import Config, Route
 from .endpoints import BY_PATH, ENDPOINTS, Endpoint
 from .errors import GatewayError, Scrubber, shutting_down
 from .guard import Verdict
-from .hedge import Hedger
 from .inflight import InFlight, Ticket
 from .intake import read_json
 from .keys import authenticate, authorize_route, presented_key
@@ -33,6 +31,7 @@ from .live import POLL_S, LiveRoutes, with_trip
 from .metrics import Metrics
 from .record import RequestLog, RequestRecord
 from .relay import Dispatch, stream_response, unary_response
+from .reload import RUNTIME, Box, Runtime, restart_needed
 from .routing import ARM_OVERRIDE_HEADER, pick_user_key, plan
 from .store import MemoryStore, RedisStore, Store
 from .upstreams import Upstreams
@@ -44,7 +43,6 @@ SCRUB = web.AppKey("scrub", Scrubber)
 IN_FLIGHT = web.AppKey("in_flight", InFlight)
 METRICS = web.AppKey("metrics", Metrics)
 LIMITER = web.AppKey("limiter", Limiter)
-HEDGERS = web.AppKey("hedgers", dict[str, Hedger])
 BACKGROUND: web.AppKey[set[asyncio.Task[None]]] = web.AppKey("background")
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -65,8 +63,7 @@ def build_app(config: Config, *, log: RequestLog | None = None, workers: int = 1
     app[LIMITER] = Limiter(store, on_error=config.store.on_error, share=workers,
                            on_store_error=lambda reason: _store_down(app, reason))
     app[LIVE] = LiveRoutes(config, store, workers=workers)
-    app[GUARD] = CanaryGuard(config, workers=workers)
-    app[HEDGERS] = {name: Hedger(route.hedge) for name, route in config.routes.items() if route.hedge is not None}
+    app[RUNTIME] = Box(Runtime.of(config, workers))  # what a request reads at its start; SIGHUP replaces it
     app[BACKGROUND] = set()
     if log is not None:
         app[LOG] = log
@@ -140,14 +137,14 @@ async def _live_routes(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _poll_live(app: web.Application) -> None:
-    live, guard = app[LIVE], app[GUARD]
+    live = app[LIVE]
     while True:
         try:
             await live.refresh()
         except Exception:  # the store is down: keep the last known state (the limiter logs the outage)
             pass
         for name, state in live.states.items():
-            guard.untrip(name, set(state.tripped))
+            app[RUNTIME].runtime.guard.untrip(name, set(state.tripped))
         await asyncio.sleep(POLL_S)
 
 
@@ -200,7 +197,7 @@ async def models(request: web.Request) -> web.Response:
     Anthropic's page (`type`, `display_name`, `created_at`, `has_more`). Each ignores the other's
     fields. A route has no release date: both dates are the epoch, as Anthropic does for an unknown one.
     The whole list is one page, whatever `limit` asks."""
-    names = request.app[CONFIG].public_models()
+    names = request.app[RUNTIME].runtime.config.public_models()
     data = [{"id": name, "object": "model", "created": 0, "owned_by": "gateway",
              "type": "model", "display_name": name, "created_at": "1970-01-01T00:00:00Z"} for name in names]
     page = {"object": "list", "data": data, "has_more": False,
@@ -239,7 +236,8 @@ async def _handle(request: web.Request, endpoint: Endpoint) -> web.StreamRespons
     """The one place a chat request becomes exactly one log line, whatever happens:
     parse -> plan (routing) -> open, relay (relay.py) -> the record finished."""
     app = request.app
-    config = app[CONFIG]
+    runtime = app[RUNTIME].runtime
+    config = runtime.config
     incoming_id = request.headers.get("X-Request-Id", "")
     record = RequestRecord(incoming_id if _REQUEST_ID.fullmatch(incoming_id) else uuid.uuid4().hex, endpoint.name,
                            scrub=app[SCRUB])
@@ -269,7 +267,7 @@ async def _handle(request: web.Request, endpoint: Endpoint) -> web.StreamRespons
                             heartbeat_s=config.server.heartbeat_s,
                             forward={k.lower(): v for k, v in request.headers.items()},
                             max_event_bytes=config.server.max_event_bytes, ticket=ticket,
-                            hedger=app[HEDGERS].get(route.route.name))
+                            hedger=runtime.hedgers.get(route.route.name))
         if dispatch.hedger is not None:
             dispatch.hedger.admit(asyncio.get_running_loop().time())
         if record.stream:
@@ -296,6 +294,18 @@ async def _handle(request: web.Request, endpoint: Endpoint) -> web.StreamRespons
         in_flight.dec()
 
 
+def reload(app: web.Application, new: Config, workers: int) -> str | None:
+    """Apply a re-read config file (SIGHUP); returns why it was refused, or None when applied.
+    Requests in flight keep their plan; the next ones read the new routes."""
+    needed = restart_needed(app[CONFIG], new)
+    if needed:
+        return f"{', '.join(needed)} changed: only a restart applies that; nothing was reloaded"
+    box = app[RUNTIME]
+    box.runtime = box.runtime.reloaded(new)
+    app[LIVE].config = new
+    return None
+
+
 def _uncancelled(response: web.Response) -> web.Response:
     """The cancellation was the shutdown's own, and is handled: the response still goes out."""
     task = asyncio.current_task()
@@ -305,10 +315,11 @@ def _uncancelled(response: web.Response) -> web.Response:
 
 
 def _finish(app: web.Application, record: RequestRecord) -> None:
-    record.finished(app[CONFIG].pricing)
+    runtime = app[RUNTIME].runtime
+    record.finished(runtime.config.pricing)
     app[LOG].emit(record)
     app[METRICS].observe(record)
-    if (tripped := app[GUARD].observe(record)) is not None:
+    if (tripped := runtime.guard.observe(record)) is not None:
         _trip(app, *tripped)
 
 

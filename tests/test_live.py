@@ -7,7 +7,15 @@ import asyncio
 import pytest
 
 from gateway.config import Arm, Route, load_config
-from gateway.live import LiveRoutes, RouteState, WeightsRefused, configured, parse_weights, with_trip, with_weights
+from gateway.live import (
+    LiveRoutes,
+    RouteState,
+    WeightsRefused,
+    configured,
+    parse_weights,
+    with_trip,
+    with_weights,
+)
 from gateway.routing import bucket, choose_arm
 from gateway.store import MemoryStore
 

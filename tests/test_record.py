@@ -10,7 +10,13 @@ import pytest
 from gateway.config import Price, Target
 from gateway.errors import GatewayError
 from gateway.providers import Completion, Usage
-from gateway.record import LOGGED_FIELDS, SCHEMA_VERSION, RecordFinished, RequestLog, RequestRecord
+from gateway.record import (
+    LOGGED_FIELDS,
+    SCHEMA_VERSION,
+    RecordFinished,
+    RequestLog,
+    RequestRecord,
+)
 
 PRICES = {"m": Price(input_per_mtok=2.0, output_per_mtok=10.0)}
 
