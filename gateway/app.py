@@ -206,7 +206,14 @@ async def models(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    body, content_type = request.app[METRICS].render()
+    app = request.app
+    live, tripped = app[LIVE], app[METRICS].guard_tripped
+    for route in app[RUNTIME].runtime.config.routes.values():
+        if route.guard is not None:  # from the live state: a trip in another worker, a person's re-enable
+            state = live.state(route)
+            for arm in route.arms[1:]:
+                tripped.labels(route.name, arm.name).set(1 if arm.name in state.tripped else 0)
+    body, content_type = app[METRICS].render()
     return web.Response(body=body, headers={"Content-Type": content_type})
 
 
