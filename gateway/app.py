@@ -275,7 +275,7 @@ async def _handle(request: web.Request, endpoint: Endpoint) -> web.StreamRespons
                             forward={k.lower(): v for k, v in request.headers.items()},
                             max_event_bytes=config.server.max_event_bytes, ticket=ticket,
                             hedger=runtime.hedgers.get(route.route.name))
-        if dispatch.hedger is not None:
+        if dispatch.hedger is not None and record.stream:  # only streams hedge: the budget counts them
             dispatch.hedger.admit(asyncio.get_running_loop().time())
         if record.stream:
             return await stream_response(dispatch, request, endpoint.renderer(chat), headers)

@@ -201,7 +201,7 @@ async def _hedged(d: Dispatch, hedger: Hedger, attempt: Attempt[OpenStream]) -> 
         raise last.error
     finally:
         for task in racers:
-            await _discard(d, task)
+            _discard(d, task)
         for number, detail in enumerate(d.record.attempts_detail):
             if detail["result"] == "open":
                 elapsed = d.record.attempt_lost(number)
@@ -210,17 +210,19 @@ async def _hedged(d: Dispatch, hedger: Hedger, attempt: Attempt[OpenStream]) -> 
                     hedger.observe(arm, elapsed)
 
 
-async def _discard(d: Dispatch, task: asyncio.Task[tuple[OpenStream, int]]) -> None:
-    """The race's loser: cancelled (its attempt closes its own connection), or, if it opened in the
-    same instant as the winner, closed here. Never pooled half-read."""
+def _discard(d: Dispatch, task: asyncio.Task[tuple[OpenStream, int]]) -> None:
+    """The race's loser: cancelled, so its attempt closes its own connection; should it have opened
+    in the same instant as the winner, its connection is closed here. Never pooled half-read. No
+    await: a cancellation of the request itself must not be taken for the loser's."""
     task.cancel()
-    try:
-        opened, number = await task
-    except (asyncio.CancelledError, AttemptFailed):
-        pass
-    else:
-        opened.lease.end(close=True)
-        d.record.attempt_lost(number)
+
+    def close_if_opened(done: asyncio.Task[tuple[OpenStream, int]]) -> None:
+        if not done.cancelled() and done.exception() is None:
+            opened, number = done.result()
+            opened.lease.end(close=True)
+            d.record.attempt_lost(number)
+
+    task.add_done_callback(close_if_opened)
 
 
 async def _post(d: Dispatch, target: Target, request: UpstreamRequest) -> Lease:

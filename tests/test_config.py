@@ -59,7 +59,7 @@ def test_examples_are_valid_when_their_keys_are_set() -> None:
     assert examples
     for path in examples:
         env = {name: "test-key" for name in ("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "DEEPSEEK_API_KEY",
-                                             "VENDOR_API_KEY")}
+                                             "VENDOR_API_KEY", "GATEWAY_ADMIN_KEY")}
         config = load_config(path, env)
         assert config.mock is None and config.routes
 
