@@ -205,3 +205,28 @@ def test_with_redis_every_instance_sees_a_weight_change_within_a_second(
     finally:
         one.stop()
         two.stop()
+
+
+def test_with_redis_a_trip_in_one_instance_is_seen_by_every_other(
+        mock_upstream: Process, redis_server: Redis, tmp_path: Path) -> None:
+    store = f'\n[store]\nredis_url = "{redis_server.url}"\nprefix = "{uuid.uuid4().hex}"\n'
+    text = admin_config(mock_upstream.url, store)
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    one = start_gateway(tmp_path / "one", text, env=ENV)
+    two = start_gateway(tmp_path / "two", text, env=ENV)
+    try:
+        failing = {"X-Mock-Fault": "status=500", "X-Mock-Scope": "can"}
+        for n in range(200):
+            arm_of(one, f"trip-{n}", failing)
+            if one.edge_events("guard"):
+                break
+        assert one.edge_events("guard") and not two.edge_events("guard")  # one judged; two never saw a request
+        time.sleep(1.0)
+        _, view = call(two, "GET", "/admin/routes")
+        canary = arms(view)["canary"]
+        assert canary["live_weight"] == 0 and canary["tripped"]["statistic"] == "error_rate"
+        assert {arm_of(two, f"trip-{n}") for n in range(20)} == {"control"}
+    finally:
+        one.stop()
+        two.stop()
