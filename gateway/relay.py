@@ -331,11 +331,13 @@ async def open_unary(d: Dispatch) -> Completion:
             if lease is not None:
                 lease.end()
         try:
-            return dialect_for(d.provider(target).dialect).parse_completion(body, target.model, d.chat.dialect)
+            completion = dialect_for(d.provider(target).dialect).parse_completion(body, target.model, d.chat.dialect)
         except (orjson.JSONDecodeError, AttributeError, TypeError, KeyError):
             raise AttemptFailed(GatewayError(502, "upstream_error",
                                              f"Provider {target.provider} sent a malformed response"),
                                 retryable=True) from None
+        d.record.attempt_opened(number)  # a non-streamed answer: its whole body is its first token
+        return completion
 
     return await _sequential(d, attempt, False)
 

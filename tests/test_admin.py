@@ -16,7 +16,7 @@ import openai
 import orjson
 import pytest
 
-from .conftest import Gateway, Process, Redis, start_gateway
+from .conftest import Gateway, Process, Redis, free_port, start_gateway
 
 ADMIN_KEY = "adm-" + "k" * 40
 ENV = {"GW_ADMIN_KEY": ADMIN_KEY}
@@ -230,3 +230,34 @@ def test_with_redis_a_trip_in_one_instance_is_seen_by_every_other(
     finally:
         one.stop()
         two.stop()
+
+
+def test_a_canary_with_twice_the_control_ttft_trips_on_ttft(tmp_path: Path) -> None:
+    port = free_port()  # the gateway's own built-in mock, with a 50 ms and a 100 ms profile
+    text = admin_config(f"http://127.0.0.1:{port}", textwrap.dedent(f"""
+        [mock]
+        host = "127.0.0.1"
+        port = {port}
+        tokens = 3
+
+        [mock.profiles.ctl]
+        first_token_delay_ms = 50
+        inter_token_delay_ms = 1
+
+        [mock.profiles.can]
+        first_token_delay_ms = 100
+        inter_token_delay_ms = 1
+        """))
+    gw = start_gateway(tmp_path, text, env=ENV)
+    try:
+        for n in range(300):
+            arm_of(gw, f"slow-{n}")
+            if gw.edge_events("guard"):
+                break
+        [event] = gw.edge_events("guard")
+        assert (event["arm"], event["statistic"]) == ("canary", "ttft")
+        _, view = call(gw, "GET", "/admin/routes")
+        assert arms(view)["canary"]["live_weight"] == 0
+        assert arms(view)["canary"]["live"]["ttft_p50_ms"] > arms(view)["control"]["live"]["ttft_p50_ms"]
+    finally:
+        gw.stop()
