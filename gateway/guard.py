@@ -9,10 +9,13 @@ test: a test martingale, which stays a fair bet while the canary is no worse,
 and Ville's inequality bounds the chance that it *ever* reaches 1/alpha by
 alpha, however often it is looked at.
 
-The comparison pairs observations: the k-th finished canary request with the
-k-th finished control request (both arms' requests are independent draws, so
-a pair is too; the control's surplus waits for later canary requests). Of a
-pair only a *discordant* one says anything:
+The comparison pairs observations: each finished request of one arm with the
+newest waiting one of the other (both arms' requests are independent draws,
+so a pair is too; with a 90/10 split most control requests wait in vain, and
+pairing with the newest keeps a pair close in time, so a change of load over
+the day does not look like a difference between the arms). Which requests
+are paired depends on their order alone, never on their outcomes. Of a pair
+only a *discordant* one says anything:
 
 - errors: exactly one of the two failed. While the canary's error rate is at
   most the control's, the failed one is the canary with chance q <= 1/2
@@ -117,8 +120,8 @@ class ArmGuard:
         if self.verdict is not None:
             return None  # tripped: only a person turns it back on (a fresh ArmGuard)
         (self._control if control else self._canary).append(outcome)
-        while self._control and self._canary:
-            self._pair(self._control.popleft(), self._canary.popleft())
+        while self._control and self._canary:  # the newcomer, and the newest waiting on the other side
+            self._pair(self._control.pop(), self._canary.pop())
             for name, test in (("error_rate", self.errors), ("ttft", self.ttft)):
                 if test.tripped:
                     self.verdict = Verdict(name, round(test.wealth, 3), round(1 / test.alpha, 3), test.pairs,
@@ -134,9 +137,8 @@ class ArmGuard:
             self.ttft.observe(canary_worse=canary.ttft_ms > control.ttft_ms)
 
     def trim(self, keep: int) -> None:
-        """Keep at most `keep` observations waiting on each side, dropping the oldest: with a 90/10
-        split most control requests never find a partner, and pairs stay close in time. Which ones
-        are dropped depends on order alone, never on outcomes, so the test stays valid."""
+        """Keep at most `keep` observations waiting on each side, dropping the oldest (they would only
+        be paired last). Which ones are dropped depends on order alone, never on outcomes."""
         for side in (self._control, self._canary):
             while len(side) > keep:
                 side.popleft()
