@@ -17,18 +17,22 @@ import aiohttp_cors
 import orjson
 from aiohttp import web
 
-from . import forwarded, static_site
-from .config import Config
+from . import admin, forwarded, static_site
+from .admin import LIVE
+from .config import Config, Route
 from .endpoints import BY_PATH, ENDPOINTS, Endpoint
 from .errors import GatewayError, Scrubber, invalid_request, shutting_down
 from .eventlog import EventLogs, MemoryEventLogs, RedisEventLogs
+from .guard import Verdict
 from .inflight import InFlight, Ticket
 from .intake import read_json
 from .keys import authenticate, authorize_route, find_key, presented_key
 from .limits import Limiter, reservation
+from .live import POLL_S, LiveRoutes, with_trip
 from .metrics import Metrics
 from .record import RequestLog, RequestRecord
 from .relay import Dispatch, stream_response, unary_response
+from .reload import RUNTIME, Box, Runtime, restart_needed
 from .resumable import RESUME_HEADERS, Resumables, instance_name
 from .resume import StreamMeta, not_found, parse_last_event_id
 from .routing import ARM_OVERRIDE_HEADER, pick_user_key, plan
@@ -43,6 +47,7 @@ IN_FLIGHT = web.AppKey("in_flight", InFlight)
 METRICS = web.AppKey("metrics", Metrics)
 LIMITER = web.AppKey("limiter", Limiter)
 RESUMABLES = web.AppKey("resumables", Resumables)  # absent when resumable streams are off
+BACKGROUND: web.AppKey[set[asyncio.Task[None]]] = web.AppKey("background")
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
@@ -61,6 +66,9 @@ def build_app(config: Config, *, log: RequestLog | None = None, workers: int = 1
                     if config.store.redis_url else MemoryStore())
     app[LIMITER] = Limiter(store, on_error=config.store.on_error, share=workers,
                            on_store_error=lambda reason: _store_down(app, reason))
+    app[LIVE] = LiveRoutes(config, store, workers=workers)
+    app[RUNTIME] = Box(Runtime.of(config, workers))  # what a request reads at its start; SIGHUP replaces it
+    app[BACKGROUND] = set()
     if config.resume.active(workers=workers, redis=bool(config.store.redis_url)):
         logs: EventLogs = (RedisEventLogs(config.store.redis_url, timeout_ms=config.store.timeout_ms,
                                           prefix=config.store.prefix,
@@ -77,6 +85,7 @@ def build_app(config: Config, *, log: RequestLog | None = None, workers: int = 1
     app.cleanup_ctx.append(_request_log)
     app.cleanup_ctx.append(_provider_sessions)
     app.cleanup_ctx.append(_limits)
+    app.cleanup_ctx.append(_live_routes)
     if RESUMABLES in app:
         app.cleanup_ctx.append(_resumables)  # last in: closed first, while the log and the providers remain
     for endpoint in ENDPOINTS:
@@ -85,6 +94,7 @@ def build_app(config: Config, *, log: RequestLog | None = None, workers: int = 1
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
+    admin.add_routes(app, config)
     static_site.add_routes(app)
     _setup_cors(app, config)
     return app
@@ -125,6 +135,32 @@ async def _request_log(app: web.Application) -> AsyncIterator[None]:
 async def _limits(app: web.Application) -> AsyncIterator[None]:
     yield
     await app[LIMITER].close()
+
+
+async def _live_routes(app: web.Application) -> AsyncIterator[None]:
+    """With a shared store, every worker polls the live weights and guard state (live.py)."""
+    live = app[LIVE]
+    poller = None
+    if live.shared:
+        poller = asyncio.create_task(_poll_live(app))
+    yield
+    if poller is not None:
+        poller.cancel()
+    background = app[BACKGROUND]
+    if background:  # a trip being written to the store
+        await asyncio.wait(list(background), timeout=1.0)
+
+
+async def _poll_live(app: web.Application) -> None:
+    live = app[LIVE]
+    while True:
+        try:
+            await live.refresh()
+        except Exception:  # the store is down: keep the last known state (the limiter logs the outage)
+            pass
+        for name, state in live.states.items():
+            app[RUNTIME].runtime.guard.untrip(name, set(state.tripped))
+        await asyncio.sleep(POLL_S)
 
 
 def _store_down(app: web.Application, reason: str) -> None:
@@ -182,7 +218,7 @@ async def models(request: web.Request) -> web.Response:
     Anthropic's page (`type`, `display_name`, `created_at`, `has_more`). Each ignores the other's
     fields. A route has no release date: both dates are the epoch, as Anthropic does for an unknown one.
     The whole list is one page, whatever `limit` asks."""
-    names = request.app[CONFIG].public_models()
+    names = request.app[RUNTIME].runtime.config.public_models()
     data = [{"id": name, "object": "model", "created": 0, "owned_by": "gateway",
              "type": "model", "display_name": name, "created_at": "1970-01-01T00:00:00Z"} for name in names]
     page = {"object": "list", "data": data, "has_more": False,
@@ -191,7 +227,14 @@ async def models(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    body, content_type = request.app[METRICS].render()
+    app = request.app
+    live, tripped = app[LIVE], app[METRICS].guard_tripped
+    for route in app[RUNTIME].runtime.config.routes.values():
+        if route.guard is not None:  # from the live state: a trip in another worker, a person's re-enable
+            state = live.state(route)
+            for arm in route.arms[1:]:
+                tripped.labels(route.name, arm.name).set(1 if arm.name in state.tripped else 0)
+    body, content_type = app[METRICS].render()
     return web.Response(body=body, headers={"Content-Type": content_type})
 
 
@@ -223,7 +266,8 @@ async def _handle(request: web.Request, endpoint: Endpoint) -> web.StreamRespons
     stream hands its record over to the task that reads its upstream (resumable.py), which
     finishes it when the stream really ends."""
     app = request.app
-    config = app[CONFIG]
+    runtime = app[RUNTIME].runtime
+    config = runtime.config
     incoming_id = request.headers.get("X-Request-Id", "")
     record = RequestRecord(incoming_id if _REQUEST_ID.fullmatch(incoming_id) else uuid.uuid4().hex, endpoint.name,
                            scrub=app[SCRUB])
@@ -255,7 +299,7 @@ async def _handle(request: web.Request, endpoint: Endpoint) -> web.StreamRespons
         model = chat.model or config.default_model()
         record.requested(model, chat.stream)
         user = pick_user_key(chat.user, request.headers.get("X-User-Id"), presented_key(request.headers))
-        route = plan(config, model, user, request.headers.get(ARM_OVERRIDE_HEADER))
+        route = plan(config, model, user, request.headers.get(ARM_OVERRIDE_HEADER), app[LIVE].weights)
         authorize_route(key, model)
         record.routed(route.arm.name, route.user_key_hash, route.user.source)
         headers["X-Gateway-Arm"] = route.arm.name
@@ -267,7 +311,10 @@ async def _handle(request: web.Request, endpoint: Endpoint) -> web.StreamRespons
         dispatch = Dispatch(app[UPSTREAMS], record, chat, route, deadline=record.started + route.total_s,
                             heartbeat_s=config.server.heartbeat_s,
                             forward={k.lower(): v for k, v in request.headers.items()},
-                            max_event_bytes=config.server.max_event_bytes, ticket=ticket)
+                            max_event_bytes=config.server.max_event_bytes, ticket=ticket,
+                            hedger=runtime.hedgers.get(route.route.name))
+        if dispatch.hedger is not None and record.stream:  # only streams hedge: the budget counts them
+            dispatch.hedger.admit(asyncio.get_running_loop().time())
         if record.stream and RESUMABLES in app and _wants_resume(request, body):
             return await app[RESUMABLES].stream(dispatch, request, endpoint.renderer(chat), headers,
                                                 key.name if key else None, hand_off)
@@ -339,6 +386,18 @@ async def cancel_stream(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+def reload(app: web.Application, new: Config, workers: int) -> str | None:
+    """Apply a re-read config file (SIGHUP); returns why it was refused, or None when applied.
+    Requests in flight keep their plan; the next ones read the new routes."""
+    needed = restart_needed(app[CONFIG], new)
+    if needed:
+        return f"{', '.join(needed)} changed: only a restart applies that; nothing was reloaded"
+    box = app[RUNTIME]
+    box.runtime = box.runtime.reloaded(new)
+    app[LIVE].config = new
+    return None
+
+
 def _uncancelled(response: web.Response) -> web.Response:
     """The cancellation was the shutdown's own, and is handled: the response still goes out."""
     task = asyncio.current_task()
@@ -348,9 +407,33 @@ def _uncancelled(response: web.Response) -> web.Response:
 
 
 def _finish(app: web.Application, record: RequestRecord) -> None:
-    record.finished(app[CONFIG].pricing)
+    runtime = app[RUNTIME].runtime
+    record.finished(runtime.config.pricing)
     app[LOG].emit(record)
     app[METRICS].observe(record)
+    if (tripped := runtime.guard.observe(record)) is not None:
+        _trip(app, *tripped)
+
+
+def _trip(app: web.Application, route: Route, arm: str, verdict: Verdict) -> None:
+    """The guard proved the canary worse: it goes to weight 0 (live.py), said once in the log and metrics."""
+    fields = {"statistic": verdict.statistic, "evidence": verdict.wealth, "threshold": verdict.threshold,
+              "discordant_pairs": verdict.discordant_pairs, "canary_worse": verdict.canary_worse,
+              "pairs": verdict.pairs, "confidence": route.guard.confidence if route.guard else None}
+    app[LOG].event("guard", route=route.name, arm=arm, control=route.arms[0].name, action="weight_zero", **fields)
+    app[METRICS].guard_trips.labels(route.name, arm, verdict.statistic).inc()
+    app[METRICS].guard_tripped.labels(route.name, arm).set(1)
+
+    async def write() -> None:
+        try:
+            await app[LIVE].trip(route, arm, fields)
+        except Exception as exc:  # the store is down: this worker's own state still drops the arm
+            app[LIVE].states[route.name] = with_trip(app[LIVE].state(route), route, arm, fields)
+            _store_down(app, type(exc).__name__)
+
+    task = asyncio.create_task(write())
+    app[BACKGROUND].add(task)
+    task.add_done_callback(app[BACKGROUND].discard)
 
 
 def _tokens_used(record: RequestRecord) -> int | None:

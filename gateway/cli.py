@@ -179,8 +179,12 @@ async def _serve(config: Config, *, workers: int = 1, worker: bool = False) -> i
     return 0
 
 
+def _on_sighup(reload: Callable[[], None]) -> None:
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload)
+
+
 async def _serve_one(config: Config, *, reuse_port: bool) -> None:
-    from .app import IN_FLIGHT, LOG, build_app
+    from .app import IN_FLIGHT, LOG, build_app, reload
 
     server = config.server
     role = f"worker {os.getpid()}" if reuse_port else "gateway"
@@ -209,6 +213,17 @@ async def _serve_one(config: Config, *, reuse_port: bool) -> None:
         if not reuse_port:
             _print_demo_url(host, port)
         asyncio.get_running_loop().set_exception_handler(_quiet_accept_errors(events))
+
+        def reload_file() -> None:  # SIGHUP: the file again, for the requests to come (reload.py)
+            try:
+                new = with_overrides(load_config(config.source), host=server.host, port=server.port)
+            except ConfigError as exc:
+                say(f"SIGHUP: reload refused, {config.source} has problems: " + "; ".join(exc.problems))
+                return
+            refused = reload(app, new, workers)
+            say(f"SIGHUP: reload refused: {refused}" if refused else f"SIGHUP: reloaded {config.source}")
+
+        _on_sighup(reload_file)
         await _wait_for_signal()
         await _drain(runner, site, app[IN_FLIGHT], server, say)
     finally:
@@ -293,6 +308,13 @@ async def _supervise(config: Config, workers: int) -> int:
             _say(f"only {ready} of {workers} workers started")
             return 1
         forwarding = [asyncio.create_task(_forward(proc)) for proc in procs]
+
+        def pass_sighup() -> None:  # every worker reloads the file itself
+            for proc in procs:
+                if proc.returncode is None:
+                    proc.send_signal(signal.SIGHUP)
+
+        _on_sighup(pass_sighup)
         _say(f"gateway listening on http://{config.server.host}:{port} ({workers} workers)")
         _print_demo_url(config.server.host, port)
         received = await _wait_for_signal()

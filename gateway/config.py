@@ -92,11 +92,33 @@ class Arm:
 
 
 @dataclass(frozen=True, slots=True)
+class Hedge:
+    """Hedged first token (hedge.py): start the next candidate too when the arm is slow to its first token."""
+
+    after_ms: float | None = None  # None: adaptive, the arm's live TTFT p95 (`after_ms = "p95"`)
+    budget_percent: float = 10.0  # hedges as a share of the route's requests over the window
+    budget_window_s: float = 60.0
+    floor_ms: float = 100.0  # adaptive: never hedge sooner than this
+    warmup_ms: float = 1000.0  # adaptive: the delay until `min_samples` first tokens were seen
+    min_samples: int = 20
+    window: int = 500  # adaptive: the p95 is over the arm's last this many first tokens
+
+
+@dataclass(frozen=True, slots=True)
+class Guard:
+    """Live canary guard (guard.py): a non-control arm proven worse than the control goes to weight 0."""
+
+    confidence: float = 0.99  # 1 - the chance that an arm as good as the control ever trips
+
+
+@dataclass(frozen=True, slots=True)
 class Route:
     name: str  # the public model name clients ask for
     salt: str  # experiment salt: change it to reshuffle users
     arms: tuple[Arm, ...]
     fallback: tuple[Target, ...] = ()
+    hedge: Hedge | None = None
+    guard: Guard | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +226,14 @@ class Resume:
 
 
 @dataclass(frozen=True, slots=True)
+class Admin:
+    """The admin API (/admin/...): off unless the environment variable `key_env` names holds a key."""
+
+    key: str | None = field(default=None, repr=False)
+    key_env: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     source: str
     server: Server
@@ -215,6 +245,7 @@ class Config:
     auth: Auth = Auth()
     store: Store = Store()
     resume: Resume = Resume()
+    admin: Admin = Admin()
 
     def public_models(self) -> list[str]:
         return list(self.routes)
@@ -225,6 +256,8 @@ class Config:
 
     def secrets(self) -> list[str]:
         found = [p.api_key for p in self.providers.values() if p.api_key]
+        if self.admin.key:
+            found.append(self.admin.key)
         if self.store.redis_url:
             found.append(self.store.redis_url)
             password = urlsplit(self.store.redis_url).password
@@ -355,6 +388,7 @@ def parse_config(raw: dict[str, Any], source: str, environ: Mapping[str, str]) -
     auth = _auth(top.sub("auth"), routes)
     store = _store(top.sub("store"))
     resume = _resume(top.sub("resume"))
+    admin = _admin(top.sub("admin"), environ)
     top.finish()
     if not routes and not problems:
         problems.append(f"{source}: routes: at least one route is required")
@@ -362,7 +396,7 @@ def parse_config(raw: dict[str, Any], source: str, environ: Mapping[str, str]) -
         problems.append(f"{source}: server.default_route: no route named {server.default_route!r}")
     if problems:
         raise ConfigError(problems)
-    return Config(source, server, log, providers, routes, pricing, mock, auth, store, resume)
+    return Config(source, server, log, providers, routes, pricing, mock, auth, store, resume, admin)
 
 
 def _server(r: _Reader) -> Server:
@@ -524,10 +558,59 @@ def _routes(r: _Reader, providers: Mapping[str, Provider]) -> dict[str, Route]:
             fr = _Reader(rr.problems, rr.source, f"{rr.path}.fallback[{i}]", item)
             fallback.append(Target(*_target(fr, providers)))
             fr.finish()
+        hedge = _hedge(rr.sub("hedge")) if "hedge" in rr.table else None
+        guard = _guard(rr.sub("guard")) if "guard" in rr.table else None
+        rr.used.update(("hedge", "guard"))
+        if hedge is not None and not fallback:
+            rr.problem("hedge", "a hedge starts the next candidate of the fallback list, and it is empty")
         routes[name] = Route(name=name, salt=rr.get("salt", str, name), arms=tuple(arms),
-                             fallback=tuple(fallback))
+                             fallback=tuple(fallback), hedge=hedge, guard=guard)
         rr.finish()
     return routes
+
+
+def _hedge(r: _Reader) -> Hedge:
+    d = Hedge()
+    after: float | None = None
+    raw = r.table.get("after_ms")
+    r.used.add("after_ms")
+    if raw == "p95":
+        after = None
+    elif isinstance(raw, (int, float)) and not isinstance(raw, bool) and raw > 0:
+        after = float(raw)
+    else:
+        r.problem("after_ms", f"expected a number of milliseconds greater than 0, or \"p95\", got {raw!r}")
+    percent = r.number("budget_percent", d.budget_percent)
+    if percent > 100:
+        r.problem("budget_percent", f"expected a percentage in (0, 100], got {percent!r}")
+    h = Hedge(after_ms=after, budget_percent=percent,
+              budget_window_s=r.number("budget_window_s", d.budget_window_s),
+              floor_ms=r.number("floor_ms", d.floor_ms, positive=False),
+              warmup_ms=r.number("warmup_ms", d.warmup_ms),
+              min_samples=r.integer("min_samples", d.min_samples),
+              window=r.integer("window", d.window))
+    r.finish()
+    return h
+
+
+def _guard(r: _Reader) -> Guard:
+    d = Guard()
+    confidence = r.number("confidence", d.confidence)
+    if not 0.5 <= confidence < 1:
+        r.problem("confidence", f"expected a number in [0.5, 1), got {confidence!r}")
+        confidence = d.confidence
+    g = Guard(confidence=confidence)
+    r.finish()
+    return g
+
+
+def _admin(r: _Reader, environ: Mapping[str, str]) -> Admin:
+    key_env = r.get("key_env", str, None) or None
+    key = environ.get(key_env) or None if key_env else None
+    if key_env is not None and key is None:
+        r.problem("key_env", f"environment variable {key_env} is not set (it should hold the admin key)")
+    r.finish()
+    return Admin(key=key, key_env=key_env)
 
 
 def _arms(rr: _Reader, providers: Mapping[str, Provider]) -> list[Arm]:

@@ -18,7 +18,12 @@ from .errors import GatewayError
 from .messages.errors import error_body as anthropic_error_body
 from .messages.request import parse_messages_request
 from .providers import ChatRequest
-from .renderers import ChatCompletionsRenderer, MessagesRenderer, Renderer, TokenStreamRenderer
+from .renderers import (
+    ChatCompletionsRenderer,
+    MessagesRenderer,
+    Renderer,
+    TokenStreamRenderer,
+)
 from .validation import parse_chat_request, parse_stream_chat_request
 
 

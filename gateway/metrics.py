@@ -62,6 +62,13 @@ class Metrics:
         self.upstream_limit = Gauge("gateway_upstream_connections_limit", "Pool size per provider",
                                     ("provider",), registry=r, multiprocess_mode="max")
 
+        self.hedges = Counter("gateway_hedges", "Hedged first tokens: started, won by the hedge, or wanted but "
+                              "refused by the route's budget", ("route", "arm", "event"), registry=r)
+        self.guard_trips = Counter("gateway_guard_trips", "Canary arms the guard sent to weight 0",
+                                   ("route", "arm", "statistic"), registry=r)
+        self.guard_tripped = Gauge("gateway_guard_tripped", "1 while the arm is tripped (live weight 0 by the guard)",
+                                   ("route", "arm"), registry=r, multiprocess_mode="max")
+
         if r is not None:
             # One process: its own fds and memory, and the event loop's task count, for leak checks.
             ProcessCollector(registry=r)
@@ -74,6 +81,13 @@ class Metrics:
         route = record.route if record.route in self._routes else UNKNOWN_ROUTE
         labels = (route, record.arm or "", record.provider or "")
         self.requests.labels(*labels, record.outcome).inc()
+        if record.hedged:
+            self.hedges.labels(route, record.arm or "", "started").inc()
+            if record.hedge_winner is not None and any(d["hedge"] and d["result"] == "won"
+                                                       for d in record.attempts_detail):
+                self.hedges.labels(route, record.arm or "", "won_by_hedge").inc()
+        if record.hedge_denied:
+            self.hedges.labels(route, record.arm or "", "budget_exhausted").inc()
         if record.ttft_ms is not None:
             self.ttft.labels(*labels).observe(record.ttft_ms / 1000)
         if record.latency_ms is not None:

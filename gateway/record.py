@@ -39,7 +39,7 @@ from .errors import GatewayError
 from .logsink import QueueWriter
 from .providers import Usage
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def _ms(seconds: float) -> float:
@@ -73,6 +73,11 @@ class RequestRecord:
     attempts: int = 0
     fallback_used: bool = False
     attempt_errors: list[str] = field(default_factory=list)  # "provider:code" per failed attempt
+    attempts_detail: list[dict[str, Any]] = field(default_factory=list)  # every attempt: provider, TTFT or error
+    hedged: bool = False
+    hedge_denied: bool = False  # a hedge was due, but the route's budget was spent
+    hedge_winner: str | None = None
+    hedge_cost_usd: float | None = None
     upstream_connect_ms: float | None = None
     ttfb_ms: float | None = None
     ttft_ms: float | None = None
@@ -121,12 +126,42 @@ class RequestRecord:
     def routed(self, arm: str, user_key_hash: str, user_key_source: str) -> None:
         self.arm, self.user_key_hash, self.user_key_source = arm, user_key_hash, user_key_source
 
-    def attempt_started(self, target: Target, *, fallback: bool) -> None:
+    def attempt_started(self, target: Target, *, fallback: bool, hedge: bool = False) -> int:
+        """An attempt begins; returns its index in `attempts_detail` for what happens to it next."""
         self.attempts += 1
         self.provider, self.upstream_model, self.fallback_used = target.provider, target.model, fallback
+        self.attempts_detail.append({"provider": target.provider, "model": target.model, "fallback": fallback,
+                                     "hedge": hedge, "result": "open", "ttft_ms": None, "error": None})
+        return len(self.attempts_detail) - 1
 
-    def attempt_failed(self, provider: str, code: str) -> None:
-        self.attempt_errors.append(f"{provider}:{code}")
+    def attempt_failed(self, attempt: int, code: str) -> None:
+        detail = self.attempts_detail[attempt]
+        detail["result"], detail["error"] = "failed", code
+        self.attempt_errors.append(f"{detail['provider']}:{code}")
+
+    def attempt_opened(self, attempt: int) -> float:
+        """The attempt's first content event (or its proper end) arrived: its TTFT, which it returns."""
+        ttft = self.since_start_ms()
+        self.attempts_detail[attempt]["ttft_ms"] = ttft
+        return ttft
+
+    def hedge_started(self) -> None:
+        self.hedged = True
+
+    def attempt_won(self, attempt: int) -> None:
+        """Of attempts racing (a hedge), this one serves: the others are losers, closed unread."""
+        detail = self.attempts_detail[attempt]
+        detail["result"] = "won"
+        self.provider, self.upstream_model = detail["provider"], detail["model"]
+        self.fallback_used = detail["fallback"]
+        if self.hedged:
+            self.hedge_winner = detail["provider"]
+
+    def attempt_lost(self, attempt: int) -> float:
+        """A racing attempt that was still open when the other won; returns how long it had run."""
+        detail = self.attempts_detail[attempt]
+        detail["result"] = "lost"
+        return self.since_start_ms()
 
     def upstream_answered(self) -> None:
         """The attempt's status line arrived (its body has not)."""
@@ -195,6 +230,7 @@ class RequestRecord:
         now = time.monotonic()
         self.latency_ms = self.since_start_ms(now)
         self._account(pricing.get(self.upstream_model or ""))
+        self._account_losers(pricing)
         times = self.content_times
         if len(times) >= 2:
             gaps = sorted(b - a for a, b in zip(times, times[1:]))
@@ -217,6 +253,25 @@ class RequestRecord:
             cost = ((usage.prompt_tokens or 0) * price.input_per_mtok
                     + (usage.completion_tokens or 0) * price.output_per_mtok) / 1e6
             self.cost_usd = round(cost, 10)
+
+    def _account_losers(self, pricing: Mapping[str, Price]) -> None:
+        # A lost hedge was sent: the provider processed (and bills) its input. Its prompt is the
+        # winner's, so the winner's prompt tokens priced at the loser's input price estimate it.
+        losers = [d for d in self.attempts_detail if d["result"] == "lost"]
+        if not self.hedged:
+            return
+        if not losers:
+            self.hedge_cost_usd = 0.0
+            return
+        if self.prompt_tokens is None:
+            return  # unknown
+        cost = 0.0
+        for loser in losers:
+            price = pricing.get(loser["model"])
+            if price is None:
+                return  # unknown
+            cost += self.prompt_tokens * price.input_per_mtok / 1e6
+        self.hedge_cost_usd = round(cost, 10)
 
     def fields(self) -> dict[str, Any]:
         out: dict[str, Any] = {"schema": SCHEMA_VERSION,

@@ -29,6 +29,7 @@ from aiohttp import web
 from . import errors
 from .config import Provider, Target
 from .errors import GatewayError
+from .hedge import Hedger
 from .inflight import Ticket
 from .providers import ChatRequest, Completion, UpstreamRequest, dialect_for
 from .record import RequestRecord
@@ -74,6 +75,7 @@ class Dispatch:
     forward: Mapping[str, str]  # the client's headers, lower-case, for providers that pass some on
     max_event_bytes: int  # an upstream SSE event (or whole non-streamed answer) past this is a failure
     ticket: Ticket = field(default_factory=Ticket)  # in flight (inflight.py): the shutdown may cut it
+    hedger: Hedger | None = None  # the route hedges slow first tokens (hedge.py)
 
     def provider(self, target: Target) -> Provider:
         return self.upstreams.providers[target.provider]
@@ -113,25 +115,31 @@ async def unary_response(d: Dispatch, headers: Mapping[str, str]) -> web.Respons
 
 # --- OPEN -------------------------------------------------------------------------
 
-async def _with_retries(d: Dispatch, attempt: Callable[[Target, UpstreamRequest], Awaitable[T]],
-                        stream: bool) -> T:
-    """Run `attempt` on each target in turn, retrying retryable failures with backoff."""
+Attempt = Callable[[Target, UpstreamRequest, int], Awaitable[T]]
+
+
+async def _with_retries(d: Dispatch, attempt: Attempt[T], stream: bool, first: int = 0,
+                        stop: int | None = None, hedge: bool = False) -> tuple[T, int]:
+    """Run `attempt` on each target in turn (the plan's `first` to `stop`), retrying retryable
+    failures with backoff; returns its result and its index in the record's attempts. Raises
+    `AttemptFailed`: retryable when every target failed so, so a caller may still try others."""
     last: AttemptFailed | None = None
-    for index, target in enumerate(d.plan.targets):
+    for index in range(first, len(d.plan.targets) if stop is None else stop):
+        target = d.plan.targets[index]
         provider = d.provider(target)
         request = dialect_for(provider.dialect).build_request(provider, target.model, d.chat, stream)
         request.headers.update(forwarded_headers(d.forward, provider.forward_headers))
         for n in range(provider.retry.attempts):
             if d.remaining() <= 0:
-                raise errors.timeout("total", d.plan.total_s)
-            d.record.attempt_started(target, fallback=index > 0)
+                raise AttemptFailed(errors.timeout("total", d.plan.total_s), retryable=False)
+            number = d.record.attempt_started(target, fallback=index > 0, hedge=hedge)
             try:
-                return await attempt(target, request)
+                return await attempt(target, request, number), number
             except AttemptFailed as failed:
                 last = failed
-                d.record.attempt_failed(target.provider, failed.error.code)
+                d.record.attempt_failed(number, failed.error.code)
                 if not failed.retryable:
-                    raise failed.error from None
+                    raise
             if n + 1 < provider.retry.attempts:
                 delay = backoff_delay(n, provider.retry.backoff_base_ms, provider.retry.backoff_cap_ms,
                                       last.retry_after)
@@ -139,7 +147,82 @@ async def _with_retries(d: Dispatch, attempt: Callable[[Target, UpstreamRequest]
                     break  # a retry here cannot fit in the deadline; the fallback needs no wait
                 await asyncio.sleep(delay)
     assert last is not None
-    raise last.error
+    raise last
+
+
+async def _sequential(d: Dispatch, attempt: Attempt[T], stream: bool, first: int = 0) -> T:
+    """The plan's targets (from `first`) one after another: a failure moves on at once."""
+    try:
+        result, number = await _with_retries(d, attempt, stream, first)
+    except AttemptFailed as failed:
+        raise failed.error from None
+    d.record.attempt_won(number)
+    return result
+
+
+async def _hedged(d: Dispatch, hedger: Hedger, attempt: Attempt[OpenStream]) -> OpenStream:
+    """The arm's own provider first; if it has no first content event `hedger.delay_s` after the
+    request began (and the budget allows), the rest of the chain races it. The first to open wins;
+    the other is cancelled, its connection closed unread. A failure is not slowness: it moves on
+    to the rest of the chain at once, as without hedging."""
+    loop = asyncio.get_running_loop()
+    arm = d.plan.arm.name
+    primary = asyncio.create_task(_with_retries(d, attempt, True, 0, 1))
+    racers = {primary}
+    try:
+        wait_s = hedger.delay_s(arm) - (loop.time() - d.record.started)
+        done, _ = await asyncio.wait(racers, timeout=max(0.0, wait_s))
+        if not done:
+            if hedger.spend(loop.time()):
+                d.record.hedge_started()
+                racers.add(asyncio.create_task(_with_retries(d, attempt, True, 1, None, hedge=True)))
+            else:
+                d.record.hedge_denied = True
+        last: AttemptFailed | None = None
+        while racers:
+            done, _ = await asyncio.wait(racers, return_when=asyncio.FIRST_COMPLETED)
+            for task in sorted(done, key=lambda t: t is not primary):  # the arm's own first on a tie
+                racers.discard(task)
+                try:
+                    opened, number = task.result()
+                except AttemptFailed as failed:
+                    if not failed.retryable:
+                        raise failed.error from None
+                    last = failed
+                    continue
+                d.record.attempt_won(number)
+                if task is primary:
+                    hedger.observe(arm, d.record.attempts_detail[number]["ttft_ms"])
+                return opened
+        if not d.record.hedged and last is not None:
+            # The arm's provider failed before a hedge was due: the rest of the chain, as ever.
+            return await _sequential(d, attempt, True, first=1)
+        assert last is not None
+        raise last.error
+    finally:
+        for task in racers:
+            _discard(d, task)
+        for number, detail in enumerate(d.record.attempts_detail):
+            if detail["result"] == "open":
+                elapsed = d.record.attempt_lost(number)
+                if not detail["hedge"] and detail["provider"] == d.plan.arm.provider:
+                    # The arm was slower than this at least: its p95 must not learn from the fast ones only.
+                    hedger.observe(arm, elapsed)
+
+
+def _discard(d: Dispatch, task: asyncio.Task[tuple[OpenStream, int]]) -> None:
+    """The race's loser: cancelled, so its attempt closes its own connection; should it have opened
+    in the same instant as the winner, its connection is closed here. Never pooled half-read. No
+    await: a cancellation of the request itself must not be taken for the loser's."""
+    task.cancel()
+
+    def close_if_opened(done: asyncio.Task[tuple[OpenStream, int]]) -> None:
+        if not done.cancelled() and done.exception() is None:
+            opened, number = done.result()
+            opened.lease.end(close=True)
+            d.record.attempt_lost(number)
+
+    task.add_done_callback(close_if_opened)
 
 
 async def _post(d: Dispatch, target: Target, request: UpstreamRequest) -> Lease:
@@ -182,7 +265,7 @@ async def _post(d: Dispatch, target: Target, request: UpstreamRequest) -> Lease:
 async def open_stream(d: Dispatch, renderer: Renderer) -> OpenStream:
     loop = asyncio.get_running_loop()
 
-    async def attempt(target: Target, request: UpstreamRequest) -> OpenStream:
+    async def attempt(target: Target, request: UpstreamRequest, number: int) -> OpenStream:
         timeouts = d.provider(target).timeouts
         lease: Lease | None = None
         try:
@@ -199,6 +282,7 @@ async def open_stream(d: Dispatch, renderer: Renderer) -> OpenStream:
                         max_event_bytes=d.max_event_bytes)
                     while not stream.feed_opening(await _read(lease, d.record)):
                         pass
+                    d.record.attempt_opened(number)
                     return OpenStream(lease, stream)
             except TimeoutError:
                 raise opening_timeout(loop.time(), d.deadline, d.plan.total_s, timeouts.first_token_s) from None
@@ -210,7 +294,9 @@ async def open_stream(d: Dispatch, renderer: Renderer) -> OpenStream:
                 lease.end(close=True)
             raise
 
-    return await _with_retries(d, attempt, stream=True)
+    if d.hedger is not None and len(d.plan.targets) > 1:
+        return await _hedged(d, d.hedger, attempt)
+    return await _sequential(d, attempt, True)
 
 
 async def _read(lease: Lease, record: RequestRecord) -> bytes:
@@ -222,7 +308,7 @@ async def _read(lease: Lease, record: RequestRecord) -> bytes:
 async def open_unary(d: Dispatch) -> Completion:
     loop = asyncio.get_running_loop()
 
-    async def attempt(target: Target, request: UpstreamRequest) -> Completion:
+    async def attempt(target: Target, request: UpstreamRequest, number: int) -> Completion:
         timeouts = d.provider(target).timeouts
         lease: Lease | None = None
         try:
@@ -245,13 +331,15 @@ async def open_unary(d: Dispatch) -> Completion:
             if lease is not None:
                 lease.end()
         try:
-            return dialect_for(d.provider(target).dialect).parse_completion(body, target.model, d.chat.dialect)
+            completion = dialect_for(d.provider(target).dialect).parse_completion(body, target.model, d.chat.dialect)
         except (orjson.JSONDecodeError, AttributeError, TypeError, KeyError):
             raise AttemptFailed(GatewayError(502, "upstream_error",
                                              f"Provider {target.provider} sent a malformed response"),
                                 retryable=True) from None
+        d.record.attempt_opened(number)  # a non-streamed answer: its whole body is its first token
+        return completion
 
-    return await _with_retries(d, attempt, stream=False)
+    return await _sequential(d, attempt, False)
 
 
 async def _read_body(lease: Lease, limit: int, provider: str) -> bytes:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .config import BASIS_POINTS, Arm, Config, Route, Target
@@ -49,10 +50,11 @@ def user_key_hash(salt: str, user_key: str) -> str:
     return hashlib.blake2b(_bytes(f"log\x00{salt}\x00{user_key}"), digest_size=8).hexdigest()
 
 
-def choose_arm(route: Route, user_bucket: int) -> Arm:
+def choose_arm(route: Route, user_bucket: int, weights: tuple[int, ...] | None = None) -> Arm:
+    """The arm owning the bucket, under the configured weights or live ones (live.py), in config order."""
     edge = 0
-    for arm in route.arms:
-        edge += arm.weight_bp
+    for arm, weight in zip(route.arms, weights or [arm.weight_bp for arm in route.arms]):
+        edge += weight
         if user_bucket < edge:
             return arm
     return route.arms[-1]  # unreachable when weights sum to 10,000
@@ -93,8 +95,10 @@ class Plan:
         return user_key_hash(self.route.salt, self.user.value)
 
 
-def plan(config: Config, model: str, user: UserKey, arm_override: str | None = None) -> Plan:
-    """Route -> arm (sticky, or the override header where the config allows it) -> candidates.
+def plan(config: Config, model: str, user: UserKey, arm_override: str | None = None,
+         live_weights: Callable[[Route], tuple[int, ...] | None] = lambda route: None) -> Plan:
+    """Route -> arm (sticky, under the live weights when there are any, or the override header where
+    the config allows it) -> candidates.
 
         >>> from gateway.config import load_config
         >>> p = plan(load_config(), "chat", UserKey("user-42", "user"))
@@ -106,7 +110,7 @@ def plan(config: Config, model: str, user: UserKey, arm_override: str | None = N
         raise GatewayError(404, "model_not_found",
                            f"The model {model!r} does not exist; available: {', '.join(config.public_models())}",
                            param="model")
-    arm = choose_arm(route, bucket(route.salt, user.value))
+    arm = choose_arm(route, bucket(route.salt, user.value), live_weights(route))
     if arm_override is not None and config.server.allow_arm_override:
         chosen = next((a for a in route.arms if a.name == arm_override), None)
         if chosen is None:

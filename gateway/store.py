@@ -1,6 +1,6 @@
-"""Shared state for limits: in this process, or in Redis for many workers and instances.
+"""Shared state for limits and live routes: in this process, or in Redis for many workers and instances.
 
-Two primitives, each one atomic step in either store:
+Three primitives, each one atomic step in either store:
 
 - a sliding-window counter (`hit`, `adjust`): requests or tokens per minute.
   The window is the classic two-bucket approximation (Cloudflare's "sliding
@@ -8,6 +8,8 @@ Two primitives, each one atomic step in either store:
   it still overlaps the sliding window, plus the current window's count.
 - a lease set (`acquire`, `release`): requests in flight. Each lease expires
   on its own, so a crashed worker cannot hold slots for ever.
+- a document (`read_doc`, `write_doc`): a small JSON value per key, such as a
+  route's live weights and guard state (live.py), which readers poll.
 
 In Redis each step is one Lua script (`EVALSHA`), so concurrent gateways never
 race on a read-modify-write; the time is Redis's own (`TIME`), so instances
@@ -59,6 +61,8 @@ class Store(Protocol):
     async def adjust(self, key: str, *, window: int, delta: int, window_s: float) -> None: ...
     async def acquire(self, key: str, *, limit: int, lease: str, ttl_s: float) -> tuple[bool, int]: ...
     async def release(self, key: str, *, lease: str) -> None: ...
+    async def read_doc(self, key: str) -> bytes | None: ...
+    async def write_doc(self, key: str, value: bytes) -> None: ...
     async def ping(self) -> None: ...
     async def close(self) -> None: ...
 
@@ -72,6 +76,7 @@ class MemoryStore:
         self._clock = clock
         self._windows: dict[tuple[str, int], int] = {}
         self._leases: dict[str, dict[str, float]] = {}
+        self._docs: dict[str, bytes] = {}
 
     async def hit(self, key: str, *, limit: int, cost: int, window_s: float) -> WindowCount:
         now = self._clock()
@@ -101,6 +106,12 @@ class MemoryStore:
 
     async def release(self, key: str, *, lease: str) -> None:
         self._leases.get(key, {}).pop(lease, None)
+
+    async def read_doc(self, key: str) -> bytes | None:
+        return self._docs.get(key)
+
+    async def write_doc(self, key: str, value: bytes) -> None:
+        self._docs[key] = value
 
     async def ping(self) -> None:
         pass
@@ -194,6 +205,13 @@ class RedisStore:
 
     async def release(self, key: str, *, lease: str) -> None:
         await self._call(self._redis.zrem(self._key("leases", key), lease))
+
+    async def read_doc(self, key: str) -> bytes | None:
+        value = await self._call(self._redis.get(self._key("doc", key)))
+        return bytes(value) if value is not None else None
+
+    async def write_doc(self, key: str, value: bytes) -> None:
+        await self._call(self._redis.set(self._key("doc", key), value))
 
     async def ping(self) -> None:
         await self._call(self._redis.ping())

@@ -59,7 +59,7 @@ def test_examples_are_valid_when_their_keys_are_set() -> None:
     assert examples
     for path in examples:
         env = {name: "test-key" for name in ("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "DEEPSEEK_API_KEY",
-                                             "VENDOR_API_KEY")}
+                                             "VENDOR_API_KEY", "GATEWAY_ADMIN_KEY")}
         config = load_config(path, env)
         assert config.mock is None and config.routes
 
@@ -235,3 +235,52 @@ def test_resumable_streams_run_where_a_resume_can_reach_the_stream(enabled: bool
     resume = Resume(enabled=enabled)
     assert resume.active(workers=workers, redis=redis) is active
     assert (resume.problem(workers=workers, redis=redis) is not None) is problem
+
+
+HEDGED = (PROVIDER + '[routes.r]\narms = [{ name = "a", provider = "p", model = "m", weight = 100 }]\n'
+          'fallback = [{ provider = "p", model = "m2" }]\n')
+
+
+def test_a_route_hedge_reads_a_fixed_delay_and_a_budget(tmp_path: Path) -> None:
+    path = tmp_path / "hedge.toml"
+    path.write_text(HEDGED + "hedge = { after_ms = 500, budget_percent = 10 }\n")
+    hedge = load_config(path, {}).routes["r"].hedge
+    assert hedge is not None and hedge.after_ms == 500 and hedge.budget_percent == 10
+
+
+def test_a_route_hedge_after_p95_is_adaptive(tmp_path: Path) -> None:
+    path = tmp_path / "hedge.toml"
+    path.write_text(HEDGED + 'hedge = { after_ms = "p95", budget_percent = 5, floor_ms = 150 }\n')
+    hedge = load_config(path, {}).routes["r"].hedge
+    assert hedge is not None and hedge.after_ms is None and hedge.floor_ms == 150
+
+
+def test_a_hedge_needs_a_fallback_and_a_delay(tmp_path: Path) -> None:
+    found = problems(tmp_path, PROVIDER + ROUTE + 'hedge = { after_ms = "p99" }\n')
+    assert any(p.endswith('routes.r.hedge.after_ms: expected a number of milliseconds greater than 0, or "p95", '
+                          "got 'p99'") for p in found)
+    assert any(p.endswith("routes.r.hedge: a hedge starts the next candidate of the fallback list, and it is empty")
+               for p in found)
+
+
+def test_a_route_guard_reads_its_confidence(tmp_path: Path) -> None:
+    path = tmp_path / "guard.toml"
+    path.write_text(ROUTE.replace("[routes.r]", "[routes.r]\nguard = { confidence = 0.95 }") + PROVIDER)
+    guard = load_config(path, {}).routes["r"].guard
+    assert guard is not None and guard.confidence == 0.95
+    [problem] = problems(tmp_path, ROUTE.replace("[routes.r]", "[routes.r]\nguard = { confidence = 1.5 }")
+                         + PROVIDER)
+    assert problem.endswith("routes.r.guard.confidence: expected a number in [0.5, 1), got 1.5")
+
+
+def test_the_admin_key_comes_from_the_named_environment_variable(tmp_path: Path) -> None:
+    path = tmp_path / "admin.toml"
+    path.write_text(PROVIDER + ROUTE + '[admin]\nkey_env = "GW_ADMIN"\n')
+    config = load_config(path, {"GW_ADMIN": "adm-secret"})
+    assert config.admin.key == "adm-secret" and "adm-secret" in config.secrets()
+    [problem] = problems(tmp_path, PROVIDER + ROUTE + '[admin]\nkey_env = "GW_ADMIN"\n')
+    assert problem.endswith("admin.key_env: environment variable GW_ADMIN is not set (it should hold the admin key)")
+
+
+def test_without_an_admin_table_the_admin_api_is_off() -> None:
+    assert load_config(DEFAULT_CONFIG_PATH, {}).admin.key is None

@@ -169,3 +169,11 @@ async def test_metrics_are_not_public_through_nginx(nginx: Nginx) -> None:
     async with aiohttp.ClientSession() as session:
         async with session.get(f"{nginx.http_url}/metrics") as response:
             assert response.status == 404
+
+
+@pytest.mark.parametrize("path", ["/admin/routes", "/admin", "/admin/routes/chat/weights"])
+async def test_the_admin_api_is_not_proxied_through_nginx(nginx: Nginx, path: str) -> None:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{nginx.http_url}{path}") as response:
+            # nginx's own 404, not the gateway's JSON one: the request never reached the gateway.
+            assert response.status == 404 and response.content_type == "text/html"

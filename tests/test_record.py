@@ -10,7 +10,13 @@ import pytest
 from gateway.config import Price, Target
 from gateway.errors import GatewayError
 from gateway.providers import Completion, Usage
-from gateway.record import LOGGED_FIELDS, RecordFinished, RequestLog, RequestRecord
+from gateway.record import (
+    LOGGED_FIELDS,
+    SCHEMA_VERSION,
+    RecordFinished,
+    RequestLog,
+    RequestRecord,
+)
 
 PRICES = {"m": Price(input_per_mtok=2.0, output_per_mtok=10.0)}
 
@@ -55,7 +61,7 @@ def test_an_edge_event_is_a_line_of_its_own_event_with_schema_and_time(tmp_path:
     log.event("bad_http", peer="127.0.0.1", count=1)
     log.close()
     line = orjson.loads((tmp_path / "a.log").read_bytes())
-    assert line["event"] == "bad_http" and line["schema"] == 1 and line["ts"].endswith("Z")
+    assert line["event"] == "bad_http" and line["schema"] == SCHEMA_VERSION and line["ts"].endswith("Z")
     assert (line["peer"], line["count"]) == ("127.0.0.1", 1)
 
 

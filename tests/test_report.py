@@ -559,3 +559,28 @@ def test_help_exits_0(capsys):
 
 def test_module_exposes_cli_guard():
     assert 'if __name__ == "__main__":' in open(report.__file__, encoding="utf-8").read()
+
+
+def test_schema_2_hedging_shows_hedge_rate_ttft_with_and_without_and_the_extra_cost(tmp_path, capsys):
+    plain = [record(schema=2, arm="control", ttft_ms=200.0 + i, hedged=False, hedge_cost_usd=None)
+             for i in range(18)]
+    hedged = [record(schema=2, arm="control", ttft_ms=800.0, hedged=True, hedge_cost_usd=0.0001)
+              for _ in range(2)]
+    path = write_log(tmp_path / "r.log", plain + hedged)
+    assert main([path, "--format", "json"]) == 0
+    arm = orjson.loads(capsys.readouterr().out)["arms"]["control"]
+    assert (arm["hedged"], arm["hedge_rate"]) == (2, pytest.approx(0.1))
+    assert arm["ttft_p95_hedged_ms"] == 800.0 and arm["ttft_p95_unhedged_ms"] < 300
+    assert arm["hedge_cost_usd"] == pytest.approx(0.0002)
+    assert main([path]) == 0
+    text = capsys.readouterr().out
+    assert "hedge rate" in text and "hedge extra cost" in text
+
+
+def test_a_schema_1_log_reads_as_never_hedged(tmp_path, capsys):
+    path = write_log(tmp_path / "r.log", [record(arm="control") for _ in range(3)])
+    assert main([path, "--format", "json"]) == 0
+    arm = orjson.loads(capsys.readouterr().out)["arms"]["control"]
+    assert (arm["hedged"], arm["hedge_rate"], arm["hedge_cost_usd"]) == (0, 0.0, 0.0)
+    assert main([path]) == 0
+    assert "hedge rate" not in capsys.readouterr().out

@@ -13,8 +13,21 @@ import orjson
 import pytest
 from scipy import stats
 
-from gateway.report import load, mann_whitney_u, percentile, render_json, render_text, summarize, welch_test
-from gateway.report.stats import Sample, _binom_half_cdf, median_se, two_proportion_z_test
+from gateway.report import (
+    load,
+    mann_whitney_u,
+    percentile,
+    render_json,
+    render_text,
+    summarize,
+    welch_test,
+)
+from gateway.report.stats import (
+    Sample,
+    _binom_half_cdf,
+    median_se,
+    two_proportion_z_test,
+)
 
 from .test_report import as_bytes, record, synth
 

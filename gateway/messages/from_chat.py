@@ -37,7 +37,14 @@ from typing import Any, Final
 
 import orjson
 
-from ..providers import Completion, Piece, Usage, chunk_or_error, message_text, output_piece
+from ..providers import (
+    Completion,
+    Piece,
+    Usage,
+    chunk_or_error,
+    message_text,
+    output_piece,
+)
 from ..sse import Event, encode_event
 
 STOP_REASONS: Final = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use",

@@ -21,7 +21,15 @@ import orjson
 from ..config import Provider
 from ..errors import invalid_request
 from ..sse import DONE, Event, encode_event
-from . import ChatRequest, Completion, Piece, UpstreamRequest, Usage, message_text, output_piece
+from . import (
+    ChatRequest,
+    Completion,
+    Piece,
+    UpstreamRequest,
+    Usage,
+    message_text,
+    output_piece,
+)
 
 FINISH_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length",
                   "tool_use": "tool_calls", "refusal": "content_filter"}

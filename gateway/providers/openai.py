@@ -16,7 +16,16 @@ from ..config import Provider
 from ..messages.from_chat import MessagesFromChat, to_message
 from ..messages.to_chat import to_chat
 from ..sse import Event
-from . import ChatRequest, Completion, Piece, UpstreamRequest, Usage, chunk_or_error, message_text, output_piece
+from . import (
+    ChatRequest,
+    Completion,
+    Piece,
+    UpstreamRequest,
+    Usage,
+    chunk_or_error,
+    message_text,
+    output_piece,
+)
 
 
 class OpenAIStream:

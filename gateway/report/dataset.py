@@ -63,9 +63,10 @@ def utc_of_us(us: int) -> _dt.datetime:
 # Both modes give the same figures for a clean log.  Neither can tell a
 # missing field from a null one: DuckDB's reader yields NULL for both.
 _FIELDS = ("event", "schema", "ts", "route", "arm", "outcome", "ttft_ms", "latency_ms",
-           "prompt_tokens", "completion_tokens", "cost_usd", "fallback_used")
+           "prompt_tokens", "completion_tokens", "cost_usd", "fallback_used", "hedged", "hedge_cost_usd")
 _TYPES = {"schema": "BIGINT", "ttft_ms": "DOUBLE", "latency_ms": "DOUBLE", "cost_usd": "DOUBLE",
-          "prompt_tokens": "HUGEINT", "completion_tokens": "HUGEINT", "fallback_used": "BOOLEAN"}
+          "prompt_tokens": "HUGEINT", "completion_tokens": "HUGEINT", "fallback_used": "BOOLEAN",
+          "hedged": "BOOLEAN", "hedge_cost_usd": "DOUBLE"}
 
 
 def _columns(typed: bool, route: bool) -> str:
@@ -126,6 +127,8 @@ WITH raw AS ({scans}),
 typed AS (SELECT *, {_TS_US} AS us FROM raw)
 SELECT arm, outcome, us, ttft_ms AS ttft, latency_ms AS lat, cost_usd AS cost,
   prompt_tokens AS pt, completion_tokens AS ct, fallback_used AS fb,
+  coalesce(hedged, false) AS hg,  -- schema 2; a schema-1 line has none (not hedged, no extra cost)
+  CASE WHEN hedge_cost_usd >= 0 AND isfinite(hedge_cost_usd) THEN hedge_cost_usd END AS hcost,
   CASE WHEN event IS NULL THEN 1
        WHEN event <> 'request' THEN 2
        WHEN schema IS NULL THEN 1
@@ -149,13 +152,16 @@ def _classify_sql(scans: str, typed: bool, route: bool) -> str:
     v = lambda f: _value(f, typed)  # noqa: E731
     fb_bad = "FALSE" if typed else "fallback_used NOT IN ('true', 'false')"
     fb = "fallback_used" if typed else "fallback_used = 'true'"
+    # Schema 2's hedging fields; a schema-1 line has none (null: not hedged, no extra cost).
+    hg = "coalesce(hedged, false)" if typed else "coalesce(hedged = 'true', false)"
     route_filter = "route IS DISTINCT FROM $route" if route else "FALSE"
     return f"""
 CREATE TEMP TABLE lines AS
 WITH raw AS ({scans}),
 typed AS (
   SELECT *, {v("schema")} AS schema_i, {_TS_US} AS us, {v("ttft_ms")} AS ttft, {v("latency_ms")} AS lat,
-         {v("cost_usd")} AS cost, {v("prompt_tokens")} AS pt, {v("completion_tokens")} AS ct
+         {v("cost_usd")} AS cost, {v("prompt_tokens")} AS pt, {v("completion_tokens")} AS ct,
+         {v("hedge_cost_usd")} AS hcost
   FROM raw
 ),
 judged AS (
@@ -180,7 +186,7 @@ judged AS (
   FROM typed
 )
 SELECT file, problem, us, arm, outcome, ttft, lat, cost,
-  pt, ct, {fb} AS fb,
+  pt, ct, {fb} AS fb, {hg} AS hg, CASE WHEN hcost >= 0 AND isfinite(hcost) THEN hcost END AS hcost,
   CASE WHEN problem IS NOT NULL THEN 1
        WHEN event <> 'request' OR schema_i < 1 THEN 2
        WHEN us < $since_us OR {route_filter} THEN 3
@@ -227,6 +233,13 @@ SELECT ttft, CASE WHEN outcome = 'ok' THEN lat END AS latency
 FROM lines WHERE kind = 0 AND arm = $arm AND (ttft IS NOT NULL OR (outcome = 'ok' AND lat IS NOT NULL))
 """
 
+# Hedged first tokens (schema 2): how many, TTFT p95 of the hedged and the rest, the losers' estimated cost.
+_HEDGES = """
+SELECT arm, count(*) FILTER (hg), quantile_cont(ttft, 0.95) FILTER (hg),
+       quantile_cont(ttft, 0.95) FILTER (NOT hg), fsum(hcost) FILTER (hg)
+FROM lines WHERE kind = 0 GROUP BY arm
+"""
+
 _MAX_EXAMPLES = 5
 
 
@@ -251,6 +264,10 @@ class ArmData:
     completion_tokens: int = 0
     priced_completion_tokens: int = 0
     fallbacks: int = 0
+    hedged: int = 0                                # requests that started a hedge
+    ttft_p95_hedged_ms: float | None = None
+    ttft_p95_unhedged_ms: float | None = None
+    hedge_cost_usd: float = 0.0                    # the hedge losers' estimated cost
     first_us: int | None = None
     last_us: int | None = None
     priced: int = 0                    # requests with a cost_usd
@@ -454,6 +471,10 @@ def _per_arm(engine: Engine, ds: Dataset) -> None:
         a.cost_sum_scaled, a.cost_var_scaled = total, (var if var is not None else math.nan)
     for a in ds.arms.values():
         a.cost_exp = exp
+    for arm, hedged, p95_hedged, p95_rest, hedge_cost in con.execute(_HEDGES).fetchall():
+        a = ds.arms[arm]
+        a.hedged, a.ttft_p95_hedged_ms, a.ttft_p95_unhedged_ms = hedged, p95_hedged, p95_rest
+        a.hedge_cost_usd = hedge_cost or 0.0
     for name, a in ds.arms.items():
         cols = con.execute(_DURATIONS, {"arm": name}).fetchnumpy()
         for metric in ("ttft", "latency"):

@@ -69,6 +69,13 @@ def render_text(report: Report) -> str:
         ("unpriced requests", [f"{s[k].unpriced_requests:,}" for k in names]),
         ("fallback share", [_pct(s[k].fallback_share) for k in names]),
     ]
+    if any(s[k].hedged for k in names):  # schema 2, a route with `hedge`
+        rows += [
+            ("hedge rate", [_pct(s[k].hedge_rate) for k in names]),
+            ("  TTFT p95 ms, hedged", [_ms(s[k].ttft_p95_hedged_ms) for k in names]),
+            ("  TTFT p95 ms, not hedged", [_ms(s[k].ttft_p95_unhedged_ms) for k in names]),
+            ("  hedge extra cost", [_usd(s[k].hedge_cost_usd) for k in names]),
+        ]
     outcomes = sorted({o for k in names for o in s[k].outcomes},
                       key=lambda o: (o != "ok", o))
     for o in outcomes:

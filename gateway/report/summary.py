@@ -40,6 +40,9 @@ DEFINITIONS = {
     "cost_p_value": "two-sided Welch t-test (unequal variances, t distribution) on per-request "
                     "cost of priced requests",
     "significance": "p < 0.05 (95 %), no multiple-comparison correction",
+    "hedge_rate": "requests with hedged true (schema 2) / requests; hedge TTFT p95: "
+                  "ttft_ms p95 (linear interpolation) of hedged and of the other requests; hedge extra cost: "
+                  "sum of hedge_cost_usd (the losers' estimated input cost)",
 }
 
 
@@ -83,6 +86,11 @@ class ArmStats:
     cost_per_1m_completion_tokens_usd: float | None
     fallbacks: int
     fallback_share: float | None
+    hedged: int
+    hedge_rate: float | None
+    ttft_p95_hedged_ms: float | None
+    ttft_p95_unhedged_ms: float | None
+    hedge_cost_usd: float | None
     ts_first: str | None
     ts_last: str | None
 
@@ -194,6 +202,11 @@ def _arm_stats(a: ArmData) -> ArmStats:
         cost_per_1m_completion_tokens_usd=_finite(per_1m) if per_1m is not None else None,
         fallbacks=a.fallbacks,
         fallback_share=a.fallbacks / n if n else None,
+        hedged=a.hedged,
+        hedge_rate=a.hedged / n if n else None,
+        ttft_p95_hedged_ms=a.ttft_p95_hedged_ms,
+        ttft_p95_unhedged_ms=a.ttft_p95_unhedged_ms,
+        hedge_cost_usd=_finite(a.hedge_cost_usd),
         ts_first=_fmt_us(a.first_us),
         ts_last=_fmt_us(a.last_us),
     )
