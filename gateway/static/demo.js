@@ -38,6 +38,7 @@ async function send(event) {
   // Everything the stream changes on the page is drawn in one frame callback.
   let stats = null;
   let meta = null;
+  let ending = null; // the final status, shown in the same frame as the last tokens and counts
   const frame = frameBatcher((tokens) => {
     if (tokens) text.appendData(tokens);
     if (stats) {
@@ -49,6 +50,7 @@ async function send(event) {
       show("arm", meta.arm || "-");
       show("request-id", meta.requestId || "-");
     }
+    if (ending) setStatus(ending);
   });
 
   const body = { prompt: $("prompt").value };
@@ -70,8 +72,8 @@ async function send(event) {
     },
   });
   stats = result.stats;
+  ending = result.aborted ? "stopped" : result.ok ? "done" : "error";
   frame.request();
-  setStatus(result.aborted ? "stopped" : result.ok ? "done" : "error");
   showError(result.error);
 }
 
