@@ -7,6 +7,8 @@ mock's own pace (5 ms).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 import textwrap
 import time
@@ -14,6 +16,7 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 
+import aiohttp
 import openai
 import pytest
 
@@ -43,9 +46,19 @@ def gw(mock_upstream: Process, tmp_path_factory: pytest.TempPathFactory) -> Iter
         dialect = "openai"
         base_url = "{mock}/quick/v1"
 
+        [providers.also-slow]
+        dialect = "openai"
+        base_url = "{mock}/also-slow/v1"
+        forward_headers = ["x-mock-"]
+
         [routes.hedged]
         arms = [{{ name = "only", provider = "slow", model = "slow-model", weight = 100 }}]
         fallback = [{{ provider = "quick", model = "quick-model" }}]
+        hedge = {{ after_ms = 150, budget_percent = 100 }}
+
+        [routes.both-slow]
+        arms = [{{ name = "only", provider = "slow", model = "slow-model", weight = 100 }}]
+        fallback = [{{ provider = "also-slow", model = "quick-model" }}]
         hedge = {{ after_ms = 150, budget_percent = 100 }}
 
         [routes.stingy]
@@ -119,6 +132,42 @@ def test_the_losers_connection_is_closed_not_pooled(gw: Gateway) -> None:
     while metric(gw, "gateway_upstream_connections_in_use", provider="slow") and time.monotonic() < deadline:
         time.sleep(0.05)
     assert metric(gw, "gateway_upstream_connections_in_use", provider="slow") == 0
+
+
+def test_the_mock_sees_the_losers_connection_closed_long_before_its_first_token(
+        gw: Gateway, mock_upstream: Process) -> None:
+    tag = uuid.uuid4().hex
+    started = time.time()
+    stream(gw, "hedged", {**slow(3000), "X-Mock-Tag": tag})  # only the arm's provider forwards the tag
+    deadline = time.monotonic() + 5
+    while not (records := mock_upstream.mock_records(tag)) or records[0]["ended"] is None:
+        assert time.monotonic() < deadline, "the loser's request never ended at the mock"
+        time.sleep(0.02)
+    [loser] = records
+    assert loser["outcome"] == "client_closed" and loser["ended"] - started < 2.0  # its first token was 3 s away
+
+
+async def test_a_client_gone_mid_race_closes_both_attempts_and_logs_one_line(
+        gw: Gateway, mock_upstream: Process) -> None:
+    tag, request_id = uuid.uuid4().hex, uuid.uuid4().hex
+    body = {"model": "both-slow", "messages": MESSAGES, "stream": True}
+    async with aiohttp.ClientSession() as session:
+        # The status line itself is held until a winner has content, so the client leaves while the
+        # request still waits for it: 600 ms in, the hedge (150 ms) and the arm both wait for a token.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(0.6):
+                async with session.post(f"{gw.url}/v1/chat/completions", json=body, headers={
+                        **slow(5000), "X-Mock-Tag": tag, "X-Request-Id": request_id}) as response:
+                    await response.read()
+        closed_at = time.time()
+    deadline = time.monotonic() + 5
+    while len(records := mock_upstream.mock_records(tag)) < 2 or any(r["ended"] is None for r in records):
+        assert time.monotonic() < deadline, f"both attempts should end: {records}"
+        await asyncio.sleep(0.02)
+    assert [r["outcome"] for r in records] == ["client_closed", "client_closed"]
+    assert all(r["ended"] - closed_at < 1.0 for r in records)
+    line = gw.log_for(request_id)
+    assert (line["outcome"], line["client_disconnected"], line["hedged"]) == ("client_disconnected", True, True)
 
 
 def test_a_fast_first_token_is_not_hedged(gw: Gateway) -> None:
