@@ -38,6 +38,7 @@ import math
 import os
 import platform
 import re
+import resource
 import signal
 import socket
 import statistics
@@ -323,7 +324,7 @@ def main() -> None:
                         "(default 2, --quick 1)")
     parser.add_argument("--loaders", type=int, default=1, help="load generator processes (default 1)")
     parser.add_argument("--targets", default=",".join(TARGETS), help="comma-separated subset of " + ",".join(TARGETS))
-    parser.add_argument("--json", type=Path, default=Path("bench-edge.json"), help="where to write the figures")
+    parser.add_argument("--json", type=Path, help="where to write the figures (default: the run's temp directory)")
     parser.add_argument("--load", help=argparse.SUPPRESS)  # internal: run as a load generator
     args = parser.parse_args()
     if args.load:
@@ -337,6 +338,10 @@ def main() -> None:
     print(f"machine: {info['nproc']} CPUs, {info['cpu']}, load average {info['loadavg_start'][0]:.2f}",
           file=sys.stderr)
     tmp = Path(tempfile.mkdtemp(prefix="bench-edge-"))
+    args.json = args.json or tmp / "bench-edge.json"
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)  # --c1000: thousands of sockets in the mock
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # inherited by every process started here
     procs: list[subprocess.Popen[bytes]] = []
     try:
         mock, mock_port = start([sys.executable, "-m", "gateway", "mock-upstream", "--port", "0"],
