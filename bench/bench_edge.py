@@ -322,6 +322,8 @@ def main() -> None:
     parser.add_argument("--realistic", action="store_true", help="also 500-token streams at 20 ms")
     parser.add_argument("--rounds", type=int, default=None, help="rounds per cell, median reported "
                         "(default 2, --quick 1)")
+    parser.add_argument("--pool", type=int, help="the gateway provider's max_connections (default: the largest "
+                        "concurrency of the run; the gateway's own default is 100)")
     parser.add_argument("--loaders", type=int, default=1, help="load generator processes (default 1)")
     parser.add_argument("--targets", default=",".join(TARGETS), help="comma-separated subset of " + ",".join(TARGETS))
     parser.add_argument("--json", type=Path, help="where to write the figures (default: the run's temp directory)")
@@ -369,6 +371,10 @@ def main() -> None:
             procs.append(bare)
             endpoints["bare"] = (f"http://127.0.0.1:{port}{MOCK_PATH}", mock_body, bare)
         config = tmp / "gateway.toml"
+        # The provider's pool (per worker): by default sized to the largest concurrency, as the other relays
+        # are unbounded; the gateway's own default (100) queues streams beyond it (`--pool 100` measures that).
+        pool = args.pool or max(load["concurrency"] for load in loads_for(args))
+        info["gateway_provider_max_connections"] = pool
         config.write_text(textwrap.dedent(f"""
             [server]
             host = "127.0.0.1"
@@ -379,6 +385,7 @@ def main() -> None:
             dialect = "openai"
             base_url = "{mock_url}/oa/v1"
             forward_headers = ["x-mock-"]
+            max_connections = {pool}
             [routes.chat]
             arms = [{{ name = "only", provider = "mock", model = "m", weight = 100 }}]
             """))
@@ -432,7 +439,8 @@ def main() -> None:
     command = "python bench/bench_edge.py " + " ".join(sys.argv[1:])
     args.json.write_text(json.dumps({"command": command, "machine": info, "results": results}, indent=1))
     print(f"\n{command}\nmachine: {info['nproc']} CPUs, {info['cpu']}; load average {info['loadavg_start'][0]:.2f} "
-          f"at start, {info['loadavg_end'][0]:.2f} at end; {info['seconds']} s of load\n")
+          f"at start, {info['loadavg_end'][0]:.2f} at end; {info['seconds']} s of load; gateway provider pool "
+          f"{info['gateway_provider_max_connections']} per worker\n")
     print(table(results))
     print(f"\nJSON: {args.json}")
 
