@@ -100,6 +100,14 @@ async def _load(spec: dict) -> dict:
     connector = aiohttp.TCPConnector(limit=spec["concurrency"], force_close=False)
     timeout = aiohttp.ClientTimeout(total=300)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        # Unmeasured: open this loader's connections, and the relay's upstream ones, at this concurrency. Both
+        # the mock and aiohttp listen with a backlog of 128: hundreds of connects at once lose SYNs and wait 1 s
+        # for the retransmit, which would measure the listen queue, not the relay.
+        warm = {**headers, "X-Mock-Tokens": "2", "X-Mock-Inter-Token-Delay-Ms": "0"}
+        await asyncio.gather(*(_one_stream(session, spec["url"], spec["body"], warm)
+                               for _ in range(spec["concurrency"])), return_exceptions=True)
+        print("ready", flush=True)
+        sys.stdin.readline()  # the parent reads the relay's CPU time, then says go
         started = time.time()
         await asyncio.gather(*(bounded(session) for _ in range(spec["streams"])))
         ended = time.time()
@@ -230,17 +238,26 @@ def rss_mb(pids: list[int]) -> float:
 
 # --- the run ---
 
-def run_cell(url: str, body: dict, load: dict, streams: int, loaders: int, pids: list[int]) -> dict:
+def run_cell(url: str, body: dict, load: dict, streams: int, loaders: int, pids: list[int],
+             mock_pid: int | None = None) -> dict:
     per = [streams // loaders + (1 if i < streams % loaders else 0) for i in range(loaders)]
     conc = [max(1, load["concurrency"] // loaders + (1 if i < load["concurrency"] % loaders else 0))
             for i in range(loaders)]
-    cpu_before = cpu_seconds(pids) if pids else 0.0
     procs = [subprocess.Popen([sys.executable, __file__, "--load", json.dumps(
         {"url": url, "body": body, "tokens": load["tokens"], "delay_ms": load["delay_ms"],
-         "concurrency": conc[i], "streams": per[i]})], stdout=subprocess.PIPE, cwd=ROOT)
+         "concurrency": conc[i], "streams": per[i]})], stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=ROOT)
              for i in range(loaders) if per[i]]
+    for proc in procs:  # each has warmed up its connections
+        if proc.stdout.readline().strip() != b"ready":
+            raise SystemExit(f"a load generator failed: {proc.wait()}")
+    cpu_before = cpu_seconds(pids) if pids else 0.0
+    mock_before = cpu_seconds([mock_pid]) if mock_pid else 0.0
+    for proc in procs:
+        proc.stdin.write(b"go\n")
+        proc.stdin.flush()
     outs = [json.loads(p.communicate()[0]) for p in procs]
     cpu = cpu_seconds(pids) - cpu_before if pids else math.nan
+    mock_cpu = cpu_seconds([mock_pid]) - mock_before if mock_pid else math.nan
     ttfts = sorted(t for o in outs for t in o["ttfts"] if not math.isnan(t))
     totals = sorted(t for o in outs for t in o["totals"])
     done = len(totals)
@@ -255,7 +272,8 @@ def run_cell(url: str, body: dict, load: dict, streams: int, loaders: int, pids:
             "total_p50_ms": pct(totals, 0.5), "streams_per_s": done / wall if wall > 0 else math.nan,
             "cpu_ms_per_stream": cpu / done * 1000 if done and pids else math.nan,
             "cpu_us_per_event": cpu / events * 1e6 if events and pids else math.nan,
-            "rss_mb": rss_mb(pids) if pids else math.nan}
+            "rss_mb": rss_mb(pids) if pids else math.nan,
+            "mock_cpu_ms_per_stream": mock_cpu / done * 1000 if done and mock_pid else math.nan}
 
 
 def median_cell(cells: list[dict]) -> dict:
@@ -339,6 +357,7 @@ def main() -> None:
     info = machine()
     print(f"machine: {info['nproc']} CPUs, {info['cpu']}, load average {info['loadavg_start'][0]:.2f}",
           file=sys.stderr)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that `finally` stops every process started
     tmp = Path(tempfile.mkdtemp(prefix="bench-edge-"))
     args.json = args.json or tmp / "bench-edge.json"
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)  # --c1000: thousands of sockets in the mock
@@ -408,15 +427,7 @@ def main() -> None:
                 shift = (index + r) % len(targets)
                 for name in targets[shift:] + targets[:shift]:  # rotate the order between loads and rounds
                     url, body, _ = endpoints[name]
-                    # Unmeasured: open the relay's upstream connections at this concurrency first. The mock
-                    # listens with aiohttp's backlog of 128; a relay that opens hundreds at once (nginx) loses
-                    # SYNs to it and waits 1 s for the retransmit: that would measure the mock, not the relay.
-                    run_cell(url, body, {**load, "tokens": 2, "delay_ms": 0}, load["concurrency"], args.loaders, [])
-                    mock_cpu = cpu_seconds([mock.pid])
-                    cell = run_cell(url, body, load, streams, args.loaders, pids[name])
-                    mock_cpu = cpu_seconds([mock.pid]) - mock_cpu
-                    cell["mock_cpu_ms_per_stream"] = mock_cpu / max(1, cell["streams"]) * 1000
-                    rounds[name].append(cell)
+                    rounds[name].append(run_cell(url, body, load, streams, args.loaders, pids[name], mock.pid))
             cells = {name: median_cell(rounds[name]) for name in targets}
             for name in targets:
                 cells[name].update(target=name, load=load["name"], **{k: load[k] for k in
