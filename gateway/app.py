@@ -310,7 +310,7 @@ async def _handle(request: web.Request, endpoint: Endpoint) -> web.StreamRespons
             raise admission.refusal
         dispatch = Dispatch(app[UPSTREAMS], record, chat, route, deadline=record.started + route.total_s,
                             heartbeat_s=config.server.heartbeat_s,
-                            forward={k.lower(): v for k, v in request.headers.items()},
+                            forward=request.headers,
                             max_event_bytes=config.server.max_event_bytes, ticket=ticket,
                             hedger=runtime.hedgers.get(route.route.name))
         if dispatch.hedger is not None and record.stream:  # only streams hedge: the budget counts them

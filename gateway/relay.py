@@ -72,7 +72,7 @@ class Dispatch:
     plan: Plan
     deadline: float  # the loop's clock: one deadline from arrival, so retries never stack past it
     heartbeat_s: float
-    forward: Mapping[str, str]  # the client's headers, lower-case, for providers that pass some on
+    forward: Mapping[str, str]  # the client's headers, for providers that pass some on (upstreams.py)
     max_event_bytes: int  # an upstream SSE event (or whole non-streamed answer) past this is a failure
     ticket: Ticket = field(default_factory=Ticket)  # in flight (inflight.py): the shutdown may cut it
     hedger: Hedger | None = None  # the route hedges slow first tokens (hedge.py)

@@ -27,14 +27,16 @@ NEVER_FORWARDED = frozenset({
 
 
 def forwarded_headers(client: Mapping[str, str], prefixes: tuple[str, ...]) -> dict[str, str]:
-    """The client headers a provider is configured to receive (by lower-case prefix), minus the never-forwarded.
+    """The client headers a provider is configured to receive (by lower-case prefix), minus the
+    never-forwarded, with lower-case names. Most providers forward none: then nothing is read.
 
-        >>> forwarded_headers({"x-mock-tokens": "3", "connection": "close", "x-other": "1"}, ("x-mock-", "conn"))
+        >>> forwarded_headers({"X-Mock-Tokens": "3", "Connection": "close", "x-other": "1"}, ("x-mock-", "conn"))
         {'x-mock-tokens': '3'}
     """
     if not prefixes:
         return {}
-    return {k: v for k, v in client.items() if k.startswith(prefixes) and k not in NEVER_FORWARDED}
+    lowered = ((k.lower(), v) for k, v in client.items())
+    return {k: v for k, v in lowered if k.startswith(prefixes) and k not in NEVER_FORWARDED}
 
 
 class PoolExhausted(Exception):
