@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -22,7 +21,7 @@ from typing import Any
 import orjson
 import pytest
 
-from .edge import Nginx, StaticSite, start_nginx, start_static_site
+from .edge import Nginx, StaticSite, free_port, start_nginx, start_static_site, stop
 from .tools import require
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,13 +43,7 @@ class Process:
             return [r for r in orjson.loads(response.read()) if r["headers"].get("x-mock-tag") == tag]
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop(self.proc)
 
 
 def start_process(args: list[str], tmp: Path, name: str, ready: bytes, env: dict[str, str] | None = None,
@@ -219,12 +212,6 @@ def request_id() -> str:
     return f"test-{uuid.uuid4().hex}"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @dataclass
 class Redis:
     proc: subprocess.Popen[bytes]
@@ -235,9 +222,7 @@ class Redis:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
+        stop(self.proc)
 
 
 def start_redis() -> Redis:
