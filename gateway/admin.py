@@ -42,7 +42,9 @@ def _admin(handler: Callable[[web.Request], Awaitable[web.Response]]
         expected = request.app[LIVE].config.admin.key or ""
         presented = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
         try:
-            if not expected or not hmac.compare_digest(presented.encode(), expected.encode()):
+            # surrogateescape: header bytes that are not UTF-8 compare as bytes, never a 500
+            if not expected or not hmac.compare_digest(presented.encode("utf-8", "surrogateescape"),
+                                                       expected.encode("utf-8", "surrogateescape")):
                 raise GatewayError(401, "invalid_admin_key", "The admin API needs the admin key "
                                                              "(Authorization: Bearer <key>)")
             return await handler(request)
