@@ -121,9 +121,26 @@ def _hash_key(name: str, key: str | None) -> int:
 
 def _run(coro: Coroutine[Any, Any, int]) -> int:
     try:
-        return asyncio.run(coro)
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:
+            return runner.run(coro)
     except KeyboardInterrupt:
         return 0
+
+
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop when it is installed (the `fast` extra), else asyncio's.
+    `GATEWAY_LOOP=asyncio` asks for asyncio's even then."""
+    if os.environ.get("GATEWAY_LOOP", "").lower() == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
+def loop_name() -> str:
+    return type(asyncio.get_running_loop()).__module__.partition(".")[0]
 
 
 async def _wait_for_signal() -> signal.Signals:
@@ -196,7 +213,8 @@ async def _serve_one(config: Config, *, reuse_port: bool) -> None:
     # The built-in mock, if it runs in this process, holds the other end of every upstream connection.
     upstream_fds = sum(p.max_connections for p in config.providers.values()) * (2 if config.mock else 1)
     cap = edge.connection_cap(server.max_connections, fd_limit, upstream_fds)
-    say(f"open-file limit {fd_limit}" + (f" (raised from {before})" if fd_limit != before else "")
+    say(f"event loop {loop_name()}; open-file limit {fd_limit}"
+        + (f" (raised from {before})" if fd_limit != before else "")
         + f"; at most {cap} client connections"
         + (f" (server.max_connections {server.max_connections} does not fit beside {upstream_fds} upstream "
            "connections)" if cap < server.max_connections else ""))

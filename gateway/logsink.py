@@ -13,15 +13,16 @@ from __future__ import annotations
 
 import os
 import queue
+import select
 import threading
 
 
 class QueueWriter:
     """A file-like sink whose writes go to a thread, so logging never blocks the loop.
 
-    Each line leaves in a single unbuffered write(): with several worker
-    processes appending to one file (O_APPEND) or one pipe (lines are under
-    PIPE_BUF), their lines never interleave. The queue is unbounded on
+    Lines leave in single unbuffered write()s of whole lines, at most PIPE_BUF
+    bytes each (a longer line alone): with several worker processes appending
+    to one file (O_APPEND) or one pipe, their lines never interleave. The queue is unbounded on
     purpose: a stuck disk costs memory, never a log line.
     """
 
@@ -38,8 +39,22 @@ class QueueWriter:
         pass
 
     def _run(self) -> None:
-        while (line := self._queue.get()) is not None:
-            view = memoryview(line)
+        carried: list[bytes | None] = []  # what did not fit in the last write
+        while (line := carried.pop() if carried else self._queue.get()) is not None:
+            # The lines queued meanwhile go out with it, in one write of at most PIPE_BUF bytes:
+            # under load, one wake-up and one syscall for several lines instead of one each.
+            lines, size = [line], len(line)
+            while size < select.PIPE_BUF:
+                try:
+                    line = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if line is None or size + len(line) > select.PIPE_BUF:
+                    carried.append(line)
+                    break
+                lines.append(line)
+                size += len(line)
+            view = memoryview(b"".join(lines))
             while view:
                 view = view[os.write(self._fd, view):]
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Iterable
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -38,6 +39,7 @@ UNKNOWN_ROUTE = "(unknown)"  # every model name no route has: a client never min
 class Metrics:
     def __init__(self, routes: Iterable[str] = ()) -> None:
         self._routes = frozenset(routes)
+        self._children: dict[tuple[object, tuple[str, ...]], Any] = {}
         self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
         # In multiprocess mode values live in files, not in a registry.
         self._registry = None if self.multiprocess else CollectorRegistry()
@@ -80,7 +82,7 @@ class Metrics:
         # except the route a client asked for, which is checked against it.
         route = record.route if record.route in self._routes else UNKNOWN_ROUTE
         labels = (route, record.arm or "", record.provider or "")
-        self.requests.labels(*labels, record.outcome).inc()
+        self._child(self.requests, *labels, record.outcome).inc()
         if record.hedged:
             self.hedges.labels(route, record.arm or "", "started").inc()
             if record.hedge_winner is not None and any(d["hedge"] and d["result"] == "won"
@@ -89,21 +91,29 @@ class Metrics:
         if record.hedge_denied:
             self.hedges.labels(route, record.arm or "", "budget_exhausted").inc()
         if record.ttft_ms is not None:
-            self.ttft.labels(*labels).observe(record.ttft_ms / 1000)
+            self._child(self.ttft, *labels).observe(record.ttft_ms / 1000)
         if record.latency_ms is not None:
-            self.latency.labels(*labels).observe(record.latency_ms / 1000)
+            self._child(self.latency, *labels).observe(record.latency_ms / 1000)
         if record.prompt_tokens:
-            self.tokens.labels(*labels, "prompt").inc(record.prompt_tokens)
+            self._child(self.tokens, *labels, "prompt").inc(record.prompt_tokens)
         if record.completion_tokens:
-            self.tokens.labels(*labels, "completion").inc(record.completion_tokens)
+            self._child(self.tokens, *labels, "completion").inc(record.completion_tokens)
         if record.cost_usd:
-            self.cost.labels(*labels).inc(record.cost_usd)
+            self._child(self.cost, *labels).inc(record.cost_usd)
         if record.ratelimit is not None and record.key_name is not None:  # key names come from the config
             for limit in ("concurrent", "rpm", "tpm"):
                 if limit in record.ratelimit:
                     self.ratelimit_remaining.labels(record.key_name, limit).set(record.ratelimit[limit]["remaining"])
             if record.ratelimit.get("hit"):
                 self.ratelimited.labels(record.key_name, record.ratelimit["hit"]).inc()
+
+    def _child(self, metric: Counter | Histogram, *values: str) -> Any:
+        """`metric.labels(*values)`, looked up once: prometheus_client checks and locks on every call,
+        and each request observes five or six. Label values come from config names (bounded)."""
+        child = self._children.get((metric, values))
+        if child is None:
+            child = self._children[(metric, values)] = metric.labels(*values)
+        return child
 
     def render(self) -> tuple[bytes, str]:
         registry = self._registry

@@ -32,6 +32,7 @@ from .errors import GatewayError
 from .hedge import Hedger
 from .inflight import Ticket
 from .providers import ChatRequest, Completion, UpstreamRequest, dialect_for
+from .read_timer import ReadTimer
 from .record import RequestRecord
 from .renderers import Renderer
 from .routing import Plan
@@ -270,7 +271,8 @@ async def open_stream(d: Dispatch, renderer: Renderer) -> OpenStream:
         lease: Lease | None = None
         try:
             try:
-                async with asyncio.timeout_at(min(loop.time() + timeouts.first_token_s, d.deadline)):
+                wait_until = min(loop.time() + timeouts.first_token_s, d.deadline)
+                async with asyncio.timeout_at(wait_until):
                     lease = await _post(d, target, request)
                     if refused := not_an_event_stream(target.provider, lease.response.headers.get("Content-Type")):
                         raise refused
@@ -285,7 +287,7 @@ async def open_stream(d: Dispatch, renderer: Renderer) -> OpenStream:
                     d.record.attempt_opened(number)
                     return OpenStream(lease, stream)
             except TimeoutError:
-                raise opening_timeout(loop.time(), d.deadline, d.plan.total_s, timeouts.first_token_s) from None
+                raise opening_timeout(wait_until, d.deadline, d.plan.total_s, timeouts.first_token_s) from None
             except aiohttp.ClientError as exc:
                 raise AttemptFailed(GatewayError(502, "upstream_error", f"Provider {target.provider} broke "
                                                  f"the stream: {type(exc).__name__}"), retryable=True) from None
@@ -314,11 +316,12 @@ async def open_unary(d: Dispatch) -> Completion:
         try:
             # The status line within the first-token window, as a stream's first event: a provider
             # that stalls is left for the next in time. The body then has the rest of the deadline.
+            wait_until = min(loop.time() + timeouts.first_token_s, d.deadline)
             try:
-                async with asyncio.timeout_at(min(loop.time() + timeouts.first_token_s, d.deadline)):
+                async with asyncio.timeout_at(wait_until):
                     lease = await _post(d, target, request)
             except TimeoutError:
-                raise opening_timeout(loop.time(), d.deadline, d.plan.total_s, timeouts.first_token_s) from None
+                raise opening_timeout(wait_until, d.deadline, d.plan.total_s, timeouts.first_token_s) from None
             try:
                 async with asyncio.timeout_at(d.deadline):
                     body = await _read_body(lease, d.max_event_bytes, target.provider)
@@ -381,28 +384,31 @@ async def pump(d: Dispatch, opened: OpenStream, write: Writer) -> None:
     """From the held events to the stream's last event; an upstream failure becomes its error event."""
     record, stream, upstream = d.record, opened.stream, opened.lease.response.content
     loop = asyncio.get_running_loop()
+    timer = ReadTimer(stream.wake_at)  # one for the stream, not one per read
     began = time.perf_counter()
     batch = stream.commit(loop.time())
-    while True:
-        refused = await write(batch, time.perf_counter() - began)
-        if refused is not None:
-            batch = Batch(error=refused)
-            break
-        if batch.ended:
-            break
-        try:
-            async with asyncio.timeout_at(stream.wake_at()):
-                chunk = await upstream.readany()
-        except TimeoutError:
-            began, batch = time.perf_counter(), stream.timer_fired(loop.time())
-        except aiohttp.ClientError as exc:
-            began = time.perf_counter()
-            batch = stream.shut_down() if d.ticket.cut else stream.broken(type(exc).__name__)
-        else:
-            began = time.perf_counter()
-            # A connection the shutdown closed may read as a clean end of body: it is the cut, not
-            # a truncation by the provider.
-            batch = stream.shut_down() if d.ticket.cut and not chunk else stream.feed(chunk, loop.time())
+    try:
+        while True:
+            refused = await write(batch, time.perf_counter() - began)
+            if refused is not None:
+                batch = Batch(error=refused)
+                break
+            if batch.ended:
+                break
+            try:
+                chunk = await timer.wait(upstream.readany)
+            except TimeoutError:
+                began, batch = time.perf_counter(), stream.timer_fired(loop.time())
+            except aiohttp.ClientError as exc:
+                began = time.perf_counter()
+                batch = stream.shut_down() if d.ticket.cut else stream.broken(type(exc).__name__)
+            else:
+                began = time.perf_counter()
+                # A connection the shutdown closed may read as a clean end of body: it is the cut, not
+                # a truncation by the provider.
+                batch = stream.shut_down() if d.ticket.cut and not chunk else stream.feed(chunk, loop.time())
+    finally:
+        timer.close()
     if batch.error is not None:
         ending = stream.renderer.error(record.failed(batch.error))
     else:

@@ -20,7 +20,7 @@ b'event: delta\\nid: 7\\ndata: a\\ndata: b\\n\\n'
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 __all__ = ["DONE", "Event", "SSEError", "SSEParser", "encode_comment", "encode_event"]
 
@@ -34,8 +34,10 @@ _BYTES_NEWLINES = re.compile(rb"\r\n|\r|\n")
 _CR, _LF = 0x0D, 0x0A
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
+class Event(NamedTuple):
+    """One dispatched event. A named tuple, immutable as a frozen dataclass and a fifth of its
+    cost to build: the relay makes one per upstream event."""
+
     raw: bytes
     data: str
     event: str = "message"
@@ -92,7 +94,20 @@ class SSEParser:
         return len(self._buf)
 
     def feed(self, chunk: bytes) -> list[Event]:
+        events: list[Event] = []
         buf = self._buf
+        if self._bom_pending and not buf and len(chunk) >= len(_BOM):
+            self._bom_pending = False
+            if chunk.startswith(_BOM):
+                chunk = chunk[len(_BOM):]
+        if not buf and not self._skip_lf and not self._bom_pending:
+            # Between blocks, as almost every chunk from a provider begins: its leading one-line
+            # `data:` blocks are whole events, found by C-speed searches (the rest goes below).
+            start = self._data_blocks(chunk, events)
+            if start == len(chunk):
+                return events
+            if start:
+                chunk = chunk[start:]
         buf += chunk
         if self._bom_pending:
             if len(buf) < len(_BOM) and _BOM.startswith(buf):
@@ -100,7 +115,6 @@ class SSEParser:
             if buf.startswith(_BOM):
                 del buf[: len(_BOM)]
             self._bom_pending = False
-        events: list[Event] = []
         while True:
             if self._skip_lf:
                 if self._pos >= len(buf):
@@ -135,6 +149,23 @@ class SSEParser:
         if len(buf) > self.max_event_bytes:
             raise SSEError(f"an incomplete event exceeds {self.max_event_bytes} bytes", events)
         return events
+
+    def _data_blocks(self, chunk: bytes, events: list[Event]) -> int:
+        """The fast path of `feed`, from the start of a block: each leading block that is one
+        `data:` line ended by a blank line, LF only, becomes an event exactly as the line-by-line
+        path would make it. Returns where the first other block (or the unfinished one) begins."""
+        start = 0
+        while chunk.startswith(b"data:", start):
+            end = chunk.find(b"\n", start)
+            if end == -1 or chunk[end + 1 : end + 2] != b"\n" or chunk.find(b"\r", start, end) != -1:
+                break  # unfinished, more than one line, or CR line endings: line by line
+            if end + 2 - start > self.max_event_bytes:
+                raise SSEError(f"an event exceeds {self.max_event_bytes} bytes", events)
+            value = start + 6 if chunk[start + 5 : start + 6] == b" " else start + 5
+            events.append(Event(chunk[start : end + 2], chunk[value:end].decode("utf-8", "replace"),
+                                "message", self._id_buf))
+            start = end + 2
+        return start
 
     def close(self) -> list[Event]:
         """End of stream. An unterminated block is never dispatched."""

@@ -368,14 +368,16 @@ def backoff_delay(retry: int, base_ms: float, cap_ms: float, retry_after: float 
     return delay
 
 
-def opening_timeout(now: float, total_at: float, total_s: float,
+def opening_timeout(wait_until: float, total_at: float, total_s: float,
                     first_token_s: float) -> GatewayError | AttemptFailed:
-    """The wait for an attempt's first content ran out: the request's deadline (the request is
-    over) or the attempt's first-token window (the next try may be faster).
+    """The wait for an attempt's first content ran out at `wait_until`: the request's deadline (the
+    request is over) or the attempt's first-token window (the next try may be faster). Judged by
+    the time the wait was set for, not the clock when it fired: uvloop's timers round to the
+    millisecond and may fire a little before it.
 
         >>> type(opening_timeout(5.0, 600, 600, 5)).__name__, opening_timeout(600.0, 600, 600, 5).code
         ('AttemptFailed', 'timeout_total')
     """
-    if now >= total_at:
+    if wait_until >= total_at:
         return errors.timeout("total", total_s)
     return AttemptFailed(errors.timeout("first_token", first_token_s), retryable=True)

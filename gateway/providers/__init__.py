@@ -145,8 +145,12 @@ def message_text(content: Any) -> str:
                    and isinstance(p.get("text"), str))
 
 
-def dialect_for(name: str) -> Dialect:
-    from . import anthropic, openai
+_DIALECTS: dict[str, Dialect] = {}
 
-    dialects: dict[str, Dialect] = {"openai": openai.DIALECT, "anthropic": anthropic.DIALECT}
-    return dialects[name]
+
+def dialect_for(name: str) -> Dialect:
+    if not _DIALECTS:  # on first use: the dialects' modules import this one
+        from . import anthropic, openai
+
+        _DIALECTS.update(openai=openai.DIALECT, anthropic=anthropic.DIALECT)
+    return _DIALECTS[name]

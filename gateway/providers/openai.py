@@ -39,9 +39,14 @@ class OpenAIStream:
         if isinstance(chunk, Piece):
             return [chunk]
         usage = chunk.get("usage")
-        if isinstance(usage, dict):
-            self.usage = Usage(usage.get("prompt_tokens"), usage.get("completion_tokens"))
         choices = chunk.get("choices")
+        if usage is None and choices:  # the common event, a delta: one lookup each, one Piece
+            delta = choices[0].get("delta") or {}
+            text = delta.get("content")
+            if text and type(text) is str:
+                return [Piece(event.raw, text, True)]
+        elif isinstance(usage, dict):
+            self.usage = Usage(usage.get("prompt_tokens"), usage.get("completion_tokens"))
         if not choices:
             return [Piece(sse=event.raw, usage_only=isinstance(usage, dict))]
         delta = choices[0].get("delta") or {}
