@@ -108,10 +108,11 @@ async def _load(spec: dict) -> dict:
                                for _ in range(spec["concurrency"])), return_exceptions=True)
         print("ready", flush=True)
         sys.stdin.readline()  # the parent reads the relay's CPU time, then says go
-        started = time.time()
+        started, cpu = time.time(), time.process_time()
         await asyncio.gather(*(bounded(session) for _ in range(spec["streams"])))
-        ended = time.time()
-    return {"ttfts": ttfts, "totals": totals, "events": events, "errors": errors, "started": started, "ended": ended}
+        ended, cpu = time.time(), time.process_time() - cpu
+    return {"ttfts": ttfts, "totals": totals, "events": events, "errors": errors, "started": started, "ended": ended,
+            "cpu_s": cpu}
 
 
 # --- processes ---
@@ -263,6 +264,7 @@ def run_cell(url: str, body: dict, load: dict, streams: int, loaders: int, pids:
     done = len(totals)
     events = sum(o["events"] for o in outs)
     wall = max(o["ended"] for o in outs) - min(o["started"] for o in outs)
+    loader_cpu = sum(o["cpu_s"] for o in outs)
 
     def pct(values: list[float], q: float) -> float:
         return values[min(len(values) - 1, int(q * len(values)))] * 1000 if values else math.nan
@@ -273,7 +275,12 @@ def run_cell(url: str, body: dict, load: dict, streams: int, loaders: int, pids:
             "cpu_ms_per_stream": cpu / done * 1000 if done and pids else math.nan,
             "cpu_us_per_event": cpu / events * 1e6 if events and pids else math.nan,
             "rss_mb": rss_mb(pids) if pids else math.nan,
-            "mock_cpu_ms_per_stream": mock_cpu / done * 1000 if done and mock_pid else math.nan}
+            "mock_cpu_ms_per_stream": mock_cpu / done * 1000 if done and mock_pid else math.nan,
+            "loader_cpu_ms_per_stream": loader_cpu / done * 1000 if done else math.nan,
+            # Cores busy with this cell's processes (relay, mock, load generators): near `nproc`, the
+            # machine, not the relay, is what limits streams/s.
+            "busy_cores": (loader_cpu + (cpu if pids else 0) + (mock_cpu if mock_pid else 0)) / wall
+            if wall > 0 else math.nan}
 
 
 def median_cell(cells: list[dict]) -> dict:
@@ -322,14 +329,16 @@ def machine() -> dict:
 
 def table(results: list[dict]) -> str:
     rows = ["| load | target | TTFT p50 ms | TTFT p99 ms | +TTFT vs direct ms | total p99 ms | streams/s "
-            "| vs bare | vs direct | CPU ms/stream | CPU us/event | RSS MB | mock CPU ms/stream | errors |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            "| vs bare | vs direct | CPU ms/stream | CPU vs bare | CPU us/event | RSS MB | mock CPU ms/stream "
+            "| busy cores | errors |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         rows.append(f"| {r['load']} | {r['target']} | {fmt(r['ttft_p50_ms'], '.2f')} | {fmt(r['ttft_p99_ms'], '.2f')} "
                     f"| {fmt(r['ttft_added_ms'], '+.2f')} | {fmt(r['total_p99_ms'])} | {fmt(r['streams_per_s'])} "
                     f"| {fmt(r['rate_vs_bare'], '.2f')}x | {fmt(r['rate_vs_direct'], '.2f')}x "
-                    f"| {fmt(r['cpu_ms_per_stream'], '.2f')} | {fmt(r['cpu_us_per_event'], '.0f')} "
-                    f"| {fmt(r['rss_mb'], '.0f')} | {fmt(r['mock_cpu_ms_per_stream'], '.2f')} | {r['errors']} |")
+                    f"| {fmt(r['cpu_ms_per_stream'], '.2f')} | {fmt(r['cpu_vs_bare'], '.2f')}x "
+                    f"| {fmt(r['cpu_us_per_event'], '.0f')} | {fmt(r['rss_mb'], '.0f')} "
+                    f"| {fmt(r['mock_cpu_ms_per_stream'], '.2f')} | {fmt(r['busy_cores'], '.2f')} | {r['errors']} |")
     return "\n".join(rows)
 
 
@@ -438,6 +447,8 @@ def main() -> None:
                 cell["rate_vs_direct"] = cell["streams_per_s"] / cells["direct"]["streams_per_s"]
                 cell["rate_vs_bare"] = cell["streams_per_s"] / cells["bare"]["streams_per_s"] if "bare" in cells \
                     else math.nan
+                cell["cpu_vs_bare"] = cell["cpu_ms_per_stream"] / cells["bare"]["cpu_ms_per_stream"] \
+                    if "bare" in cells else math.nan
                 results.append(cell)
                 print(f"{load['name']:<18} {name:<11} TTFT p50 {fmt(cell['ttft_p50_ms'], '7.2f')} ms  "
                       f"{fmt(cell['streams_per_s'], '7.1f')} streams/s  CPU {fmt(cell['cpu_ms_per_stream'], '.2f')} "

@@ -55,8 +55,8 @@ def client_address(peer: str | None, x_forwarded_for: str | None, trusted_proxie
     """The client's address: the TCP peer, or the rightmost untrusted hop in X-Forwarded-For
     when the peer (and every hop after that one) is a trusted proxy."""
     here = peer or ""
-    if not _trusted(_address(here), trusted_proxies) or not x_forwarded_for:
-        return here
+    if not x_forwarded_for or not trusted_proxies or not _trusted(_address(here), trusted_proxies):
+        return here  # the header's absence is checked first: parsing the peer's address costs more
     for hop in reversed(x_forwarded_for.split(",")):
         address = _address(hop)
         if address is None:

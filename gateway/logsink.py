@@ -11,55 +11,66 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import queue
 import select
 import threading
 
+HAND_OVER_S = 0.005  # lines written on the event loop reach the thread together, this often at most
+
 
 class QueueWriter:
     """A file-like sink whose writes go to a thread, so logging never blocks the loop.
 
-    Lines leave in single unbuffered write()s of whole lines, at most PIPE_BUF
-    bytes each (a longer line alone): with several worker processes appending
-    to one file (O_APPEND) or one pipe, their lines never interleave. The queue is unbounded on
-    purpose: a stuck disk costs memory, never a log line.
+    On an event loop, the lines of a few milliseconds go to the thread together:
+    waking a thread per line costs the loop more than rendering the line (the
+    woken thread competes for the GIL). The thread writes whole lines, several
+    to a write() of at most PIPE_BUF bytes (a longer line alone): with several
+    worker processes appending to one file (O_APPEND) or one pipe, their lines
+    never interleave. The queue is unbounded on purpose: a stuck disk costs
+    memory, never a log line; `close` writes every line written before it.
     """
 
     def __init__(self, fd: int) -> None:
         self._fd = fd
-        self._queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._pending: list[bytes] = []  # written on the loop, not yet handed to the thread
+        self._queue: queue.SimpleQueue[list[bytes] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="gateway-log", daemon=True)
         self._thread.start()
 
     def write(self, data: bytes) -> None:
-        self._queue.put(data)
+        self._pending.append(data)
+        if len(self._pending) == 1:
+            try:
+                asyncio.get_running_loop().call_later(HAND_OVER_S, self._hand_over)
+            except RuntimeError:  # no loop in this thread: straight to the writer
+                self._hand_over()
 
     def flush(self) -> None:  # every line is written as soon as the thread gets to it
         pass
 
+    def _hand_over(self) -> None:
+        if self._pending:
+            lines, self._pending = self._pending, []
+            self._queue.put(lines)
+
     def _run(self) -> None:
-        carried: list[bytes | None] = []  # what did not fit in the last write
-        while (line := carried.pop() if carried else self._queue.get()) is not None:
-            # The lines queued meanwhile go out with it, in one write of at most PIPE_BUF bytes:
-            # under load, one wake-up and one syscall for several lines instead of one each.
-            lines, size = [line], len(line)
-            while size < select.PIPE_BUF:
-                try:
-                    line = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if line is None or size + len(line) > select.PIPE_BUF:
-                    carried.append(line)
-                    break
-                lines.append(line)
-                size += len(line)
-            view = memoryview(b"".join(lines))
-            while view:
-                view = view[os.write(self._fd, view):]
+        while (lines := self._queue.get()) is not None:
+            start = 0
+            while start < len(lines):
+                size, end = len(lines[start]), start + 1
+                while end < len(lines) and size + len(lines[end]) <= select.PIPE_BUF:
+                    size += len(lines[end])
+                    end += 1
+                view = memoryview(b"".join(lines[start:end]))
+                while view:
+                    view = view[os.write(self._fd, view):]
+                start = end
 
     def close(self) -> None:
-        """Write what is queued, then stop the thread. Closing twice is harmless."""
+        """Write what is written so far, then stop the thread. Closing twice is harmless."""
         if self._thread.is_alive():
+            self._hand_over()
             self._queue.put(None)
             self._thread.join(timeout=10)

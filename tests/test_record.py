@@ -6,6 +6,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+import structlog
 
 from gateway.config import Price, Target
 from gateway.errors import GatewayError
@@ -54,6 +55,20 @@ def test_the_log_line_has_every_logged_field_and_the_event_name(tmp_path: Path) 
     log.close()
     line = orjson.loads((tmp_path / "a.log").read_bytes())
     assert set(line) == {"schema", "ts", "event", *LOGGED_FIELDS} and line["event"] == "request"
+
+
+def test_a_request_line_is_the_bytes_the_structlog_chain_renders(tmp_path: Path) -> None:
+    record = record_for()
+    record.attempt_failed(0, "upstream_error")
+    record.failed(GatewayError(502, "upstream_error", "Provider p said sk-secret"))
+    record.finished(PRICES)
+    log = RequestLog(str(tmp_path / "a.log"))
+    log.emit(record)
+    log.close()
+    chain = structlog.wrap_logger(structlog.BytesLogger(open(tmp_path / "chain.log", "wb")),
+                                  processors=[structlog.processors.JSONRenderer(serializer=orjson.dumps)])
+    chain.info("request", **record.fields())
+    assert (tmp_path / "a.log").read_bytes() == (tmp_path / "chain.log").read_bytes()
 
 
 def test_an_edge_event_is_a_line_of_its_own_event_with_schema_and_time(tmp_path: Path) -> None:
