@@ -359,8 +359,8 @@ def load(sources: Iterable[Any] | Any = None, since: float | str | _dt.datetime 
     try:
         inputs = resolve(sources, engine.tmp)
         ds.sources = inputs.names
-        _classify(engine, inputs, since_us, route, ds)
-        _count(engine, inputs, ds)
+        counts = _classify(engine, inputs, since_us, route, ds)
+        _count(engine, inputs, ds, counts)
         _per_arm(engine, ds)
     except BaseException:
         ds.close()
@@ -368,7 +368,8 @@ def load(sources: Iterable[Any] | Any = None, since: float | str | _dt.datetime 
     return ds
 
 
-def _classify(engine: Engine, inputs: Inputs, since_us: int, route: str | None, ds: Dataset) -> None:
+def _classify(engine: Engine, inputs: Inputs, since_us: int, route: str | None, ds: Dataset) -> dict[int, int]:
+    """Build ``lines``; returns the number of lines of each kind."""
     import duckdb
 
     def run(typed: bool, quick: bool = False) -> None:
@@ -388,18 +389,24 @@ def _classify(engine: Engine, inputs: Inputs, since_us: int, route: str | None, 
         engine.con.execute(f"SET preserve_insertion_order = {'false' if quick else 'true'}")
         engine.con.execute(sql, params)
 
-    def run_any() -> None:
+    def kinds() -> dict[int, int]:
+        return dict(engine.con.execute("SELECT kind, count(*) FROM lines GROUP BY kind").fetchall())
+
+    def run_any() -> dict[int, int]:
         try:
             run(typed=True, quick=True)
-            if engine.con.execute("SELECT count(*) FROM lines WHERE kind = 1").fetchone()[0]:
-                run(typed=True)  # malformed lines: again, with their files and problems
+            counts = kinds()
+            if not counts.get(1):
+                return counts
+            run(typed=True)  # malformed lines: again, with their files and problems
         except duckdb.InvalidInputException:  # a line that is not JSON, or a value of the wrong type
             run(typed=False)
+        return kinds()
 
     if not inputs.plain and not inputs.gzip:
         raise ReportError("no input files", 1)
     try:
-        run_any()
+        return run_any()
     except duckdb.IOException:
         # A damaged gzip (truncated rotation, copy cut short) stops DuckDB's
         # whole scan; read the gzip inputs in Python up to the damage instead.
@@ -409,14 +416,13 @@ def _classify(engine: Engine, inputs: Inputs, since_us: int, route: str | None, 
         ds.malformed += len(problems)
         ds.lines += len(problems)
         ds.malformed_examples.extend(problems[:_MAX_EXAMPLES])
-        run_any()
+        return run_any()
     except duckdb.Error as e:
         raise ReportError(f"cannot read the logs: {e}", 1) from None
 
 
-def _count(engine: Engine, inputs: Inputs, ds: Dataset) -> None:
+def _count(engine: Engine, inputs: Inputs, ds: Dataset, counts: dict[int, int]) -> None:
     con = engine.con
-    counts = dict(con.execute("SELECT kind, count(*) FROM lines GROUP BY kind").fetchall())
     ds.lines += sum(counts.values())
     ds.malformed += counts.get(1, 0)
     ds.skipped += counts.get(2, 0)
