@@ -578,9 +578,11 @@ def test_schema_2_hedging_shows_hedge_rate_ttft_with_and_without_and_the_extra_c
 
 
 def test_a_schema_1_log_reads_as_never_hedged(tmp_path, capsys):
-    path = write_log(tmp_path / "r.log", [record(arm="control") for _ in range(3)])
+    path = write_log(tmp_path / "r.log", [record(arm="control", ttft_ms=100.0 + 7.3 * i) for i in range(23)])
     assert main([path, "--format", "json"]) == 0
     arm = orjson.loads(capsys.readouterr().out)["arms"]["control"]
     assert (arm["hedged"], arm["hedge_rate"], arm["hedge_cost_usd"]) == (0, 0.0, 0.0)
+    # nothing hedged: the rest is every request, so its p95 is the TTFT p95
+    assert arm["ttft_p95_hedged_ms"] is None and arm["ttft_p95_unhedged_ms"] == arm["ttft_p95_ms"]
     assert main([path]) == 0
     assert "hedge rate" not in capsys.readouterr().out

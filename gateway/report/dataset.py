@@ -16,7 +16,7 @@ from typing import Any
 from .engine import Engine
 from .errors import ReportError
 from .sources import Inputs, resolve, salvage_gzip
-from .stats import Sample
+from .stats import Sample, percentile
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _REL_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$", re.IGNORECASE)
@@ -210,7 +210,7 @@ def _per_arm_sql(split: bool) -> str:
     # per arm and outcome: one pass gives both; the arms' sums are added in Python
     return f"""
 SELECT arm, outcome, count(*) AS n,
-       count(*) FILTER (fb) AS fallbacks, min(us), max(us),
+       count(*) FILTER (fb) AS fallbacks, count(*) FILTER (hg) AS hedged, min(us), max(us),
        {tokens("pt")}, {tokens("ct")}, {tokens("ct", "cost IS NOT NULL")},
        count(cost), max(cost)
 FROM lines WHERE kind = 0 GROUP BY arm, outcome
@@ -233,9 +233,11 @@ SELECT ttft, CASE WHEN outcome = 'ok' THEN lat END AS latency
 FROM lines WHERE kind = 0 AND arm = $arm AND (ttft IS NOT NULL OR (outcome = 'ok' AND lat IS NOT NULL))
 """
 
-# Hedged first tokens (schema 2): how many, TTFT p95 of the hedged and the rest, the losers' estimated cost.
+# Hedged first tokens (schema 2): TTFT p95 of the hedged and the rest, the
+# losers' estimated cost.  Only run when a line is hedged: each quantile sorts
+# an arm's TTFTs, and without hedges the rest is the arm's whole TTFT sample.
 _HEDGES = """
-SELECT arm, count(*) FILTER (hg), quantile_cont(ttft, 0.95) FILTER (hg),
+SELECT arm, quantile_cont(ttft, 0.95) FILTER (hg),
        quantile_cont(ttft, 0.95) FILTER (NOT hg), fsum(hcost) FILTER (hg)
 FROM lines WHERE kind = 0 GROUP BY arm
 """
@@ -357,8 +359,8 @@ def load(sources: Iterable[Any] | Any = None, since: float | str | _dt.datetime 
     try:
         inputs = resolve(sources, engine.tmp)
         ds.sources = inputs.names
-        _classify(engine, inputs, since_us, route, ds)
-        _count(engine, inputs, ds)
+        counts = _classify(engine, inputs, since_us, route, ds)
+        _count(engine, inputs, ds, counts)
         _per_arm(engine, ds)
     except BaseException:
         ds.close()
@@ -366,7 +368,8 @@ def load(sources: Iterable[Any] | Any = None, since: float | str | _dt.datetime 
     return ds
 
 
-def _classify(engine: Engine, inputs: Inputs, since_us: int, route: str | None, ds: Dataset) -> None:
+def _classify(engine: Engine, inputs: Inputs, since_us: int, route: str | None, ds: Dataset) -> dict[int, int]:
+    """Build ``lines``; returns the number of lines of each kind."""
     import duckdb
 
     def run(typed: bool, quick: bool = False) -> None:
@@ -386,18 +389,24 @@ def _classify(engine: Engine, inputs: Inputs, since_us: int, route: str | None, 
         engine.con.execute(f"SET preserve_insertion_order = {'false' if quick else 'true'}")
         engine.con.execute(sql, params)
 
-    def run_any() -> None:
+    def kinds() -> dict[int, int]:
+        return dict(engine.con.execute("SELECT kind, count(*) FROM lines GROUP BY kind").fetchall())
+
+    def run_any() -> dict[int, int]:
         try:
             run(typed=True, quick=True)
-            if engine.con.execute("SELECT count(*) FROM lines WHERE kind = 1").fetchone()[0]:
-                run(typed=True)  # malformed lines: again, with their files and problems
+            counts = kinds()
+            if not counts.get(1):
+                return counts
+            run(typed=True)  # malformed lines: again, with their files and problems
         except duckdb.InvalidInputException:  # a line that is not JSON, or a value of the wrong type
             run(typed=False)
+        return kinds()
 
     if not inputs.plain and not inputs.gzip:
         raise ReportError("no input files", 1)
     try:
-        run_any()
+        return run_any()
     except duckdb.IOException:
         # A damaged gzip (truncated rotation, copy cut short) stops DuckDB's
         # whole scan; read the gzip inputs in Python up to the damage instead.
@@ -407,14 +416,13 @@ def _classify(engine: Engine, inputs: Inputs, since_us: int, route: str | None, 
         ds.malformed += len(problems)
         ds.lines += len(problems)
         ds.malformed_examples.extend(problems[:_MAX_EXAMPLES])
-        run_any()
+        return run_any()
     except duckdb.Error as e:
         raise ReportError(f"cannot read the logs: {e}", 1) from None
 
 
-def _count(engine: Engine, inputs: Inputs, ds: Dataset) -> None:
+def _count(engine: Engine, inputs: Inputs, ds: Dataset, counts: dict[int, int]) -> None:
     con = engine.con
-    counts = dict(con.execute("SELECT kind, count(*) FROM lines GROUP BY kind").fetchall())
     ds.lines += sum(counts.values())
     ds.malformed += counts.get(1, 0)
     ds.skipped += counts.get(2, 0)
@@ -447,7 +455,7 @@ def _per_arm(engine: Engine, ds: Dataset) -> None:
         return int(hi or 0) * unit + int(lo or 0)
 
     max_cost = 0.0
-    for (arm, outcome, n, fallbacks, first, last, pt_hi, pt_lo, ct_hi, ct_lo, pct_hi, pct_lo,
+    for (arm, outcome, n, fallbacks, hedged, first, last, pt_hi, pt_lo, ct_hi, ct_lo, pct_hi, pct_lo,
          priced, arm_max_cost) in rows:
         a = ds.arms.get(arm)
         if a is None:
@@ -457,6 +465,7 @@ def _per_arm(engine: Engine, ds: Dataset) -> None:
         if outcome == "ok":
             a.successes = n
         a.fallbacks += fallbacks
+        a.hedged += hedged
         a.first_us, a.last_us = min(a.first_us, first), max(a.last_us, last)
         a.prompt_tokens += join(pt_hi, pt_lo)
         a.completion_tokens += join(ct_hi, ct_lo)
@@ -471,10 +480,6 @@ def _per_arm(engine: Engine, ds: Dataset) -> None:
         a.cost_sum_scaled, a.cost_var_scaled = total, (var if var is not None else math.nan)
     for a in ds.arms.values():
         a.cost_exp = exp
-    for arm, hedged, p95_hedged, p95_rest, hedge_cost in con.execute(_HEDGES).fetchall():
-        a = ds.arms[arm]
-        a.hedged, a.ttft_p95_hedged_ms, a.ttft_p95_unhedged_ms = hedged, p95_hedged, p95_rest
-        a.hedge_cost_usd = hedge_cost or 0.0
     for name, a in ds.arms.items():
         cols = con.execute(_DURATIONS, {"arm": name}).fetchnumpy()
         for metric in ("ttft", "latency"):
@@ -482,3 +487,11 @@ def _per_arm(engine: Engine, ds: Dataset) -> None:
             values = np.asarray(col.compressed() if np.ma.isMaskedArray(col) else col, dtype=np.float64)
             distinct, counts = np.unique(values, return_counts=True)
             setattr(a, metric, Sample(distinct, counts))
+    if any(a.hedged for a in ds.arms.values()):
+        for arm, p95_hedged, p95_rest, hedge_cost in con.execute(_HEDGES).fetchall():
+            a = ds.arms[arm]
+            a.ttft_p95_hedged_ms, a.ttft_p95_unhedged_ms = p95_hedged, p95_rest
+            a.hedge_cost_usd = hedge_cost or 0.0
+    else:  # no hedges (schema 1): the rest is every TTFT, whose p95 the Sample gives
+        for a in ds.arms.values():
+            a.ttft_p95_unhedged_ms = percentile(a.ttft, 95)
