@@ -17,7 +17,7 @@ import queue
 import select
 import threading
 
-HAND_OVER_S = 0.005  # lines written on the event loop reach the thread together, this often at most
+HAND_OVER_S = 0.05  # lines written on the event loop reach the thread together, this often at most
 
 
 class QueueWriter:
