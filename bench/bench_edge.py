@@ -1,6 +1,6 @@
 """What each relay adds at the edge, on the same load in one run.
 
-    python bench/bench_edge.py [--quick] [--c1000] [--realistic] [--loaders N] [--json out.json]
+    python bench/bench_edge.py [--quick] [--skip c1000,realistic] [--loaders N] [--json out.json]
 
 Targets, each a real process on loopback in front of one built-in mock
 (`gateway mock-upstream`):
@@ -15,9 +15,10 @@ The load generator runs in separate processes (`--loaders`, default 1) so it
 never shares a relay's event loop: aiohttp clients streaming `POST
 /v1/chat/completions` with `stream: true`, `concurrency` streams in flight,
 a fixed number of streams per cell. Loads: 20-token streams at 0 ms and 5 ms
-between tokens at concurrency 1, 50 and 200; `--c1000` adds concurrency 1,000
-and `--realistic` 500 tokens at 20 ms. For every load the targets run one
-after the other, so they see the same machine.
+between tokens, and 500-token streams at 20 ms ("realistic" chat), each at
+concurrency 1, 50, 200 and 1,000 (`--skip c1000,realistic` leaves some out).
+For every load the targets run one after the other, so they see the same
+machine.
 
 Figures per (target, load): TTFT p50/p99, TTFT added vs direct (p50), total
 stream time p99, streams/s, the relay's CPU ms per stream and us per event
@@ -298,9 +299,9 @@ def median_cell(cells: list[dict]) -> dict:
 
 
 def loads_for(args: argparse.Namespace) -> list[dict]:
-    concurrencies = [1, 50, 200] + ([1000] if args.c1000 else [])
+    concurrencies = [1, 50, 200] + ([] if "c1000" in args.skip else [1000])
     loads = [{"tokens": 20, "delay_ms": d, "concurrency": c} for d in (0, 5) for c in concurrencies]
-    if args.realistic:
+    if "realistic" not in args.skip:
         loads += [{"tokens": 500, "delay_ms": 20, "concurrency": c} for c in concurrencies]
     for load in loads:
         load["name"] = f"c{load['concurrency']} {load['tokens']}tok@{load['delay_ms']}ms"
@@ -309,11 +310,11 @@ def loads_for(args: argparse.Namespace) -> list[dict]:
 
 def streams_for(load: dict, quick: bool) -> int:
     c, paced = load["concurrency"], load["delay_ms"] > 0
-    if load["tokens"] >= 500:  # 10 s a stream
-        return c * (1 if quick else 2)
+    if load["tokens"] >= 500:  # 10 s a stream, 500 events: one per slot is a steady reading
+        return c
     if c == 1:  # the CPU clock ticks every 10 ms: enough streams that a cell takes >= 1 s
         return (20 if paced else 150) * (1 if quick else 2)
-    return c * (3 if quick else 5)
+    return c * (3 if quick or c >= 1000 else 5)
 
 
 def fmt(value: float, spec: str = ".1f") -> str:
@@ -345,10 +346,10 @@ def table(results: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--quick", action="store_true", help="a ~1 minute smoke run (fewer streams per cell)")
-    parser.add_argument("--c1000", action="store_true", help="also concurrency 1,000")
-    parser.add_argument("--realistic", action="store_true", help="also 500-token streams at 20 ms")
+    parser.add_argument("--skip", type=lambda text: set(filter(None, text.split(","))), default=set(),
+                        help="loads to leave out: c1000 (concurrency 1,000), realistic (500 tokens at 20 ms)")
     parser.add_argument("--rounds", type=int, default=None, help="rounds per cell, median reported "
-                        "(default 2, --quick 1)")
+                        "(default 2, --quick 1; 500-token cells run once)")
     parser.add_argument("--pool", type=int, help="the gateway provider's max_connections (default: the largest "
                         "concurrency of the run; the gateway's own default is 100)")
     parser.add_argument("--loaders", type=int, default=1, help="load generator processes (default 1)")
@@ -363,13 +364,14 @@ def main() -> None:
         args.rounds = 1 if args.quick else 2
     targets = [t for t in args.targets.split(",") if t]
     assert all(t in TARGETS for t in targets) and "direct" in targets, "targets must include direct"
+    assert args.skip <= {"c1000", "realistic"}, "--skip takes c1000 and realistic"
     info = machine()
     print(f"machine: {info['nproc']} CPUs, {info['cpu']}, load average {info['loadavg_start'][0]:.2f}",
           file=sys.stderr)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that `finally` stops every process started
     tmp = Path(tempfile.mkdtemp(prefix="bench-edge-"))
     args.json = args.json or tmp / "bench-edge.json"
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)  # --c1000: thousands of sockets in the mock
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)  # concurrency 1,000: thousands of sockets in the mock
     if hard != resource.RLIM_INFINITY and soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # inherited by every process started here
     procs: list[subprocess.Popen[bytes]] = []
@@ -432,7 +434,7 @@ def main() -> None:
         for index, load in enumerate(loads_for(args)):
             streams = streams_for(load, args.quick)
             rounds: dict[str, list[dict]] = {name: [] for name in targets}
-            for r in range(args.rounds):
+            for r in range(1 if load["tokens"] >= 500 else args.rounds):
                 shift = (index + r) % len(targets)
                 for name in targets[shift:] + targets[:shift]:  # rotate the order between loads and rounds
                     url, body, _ = endpoints[name]
