@@ -1,6 +1,6 @@
 """Open-stream capacity: N concurrent idle streams held open by one gateway worker.
 
-    python bench/bench_idle.py [-n 10000] [--loaders 4] [--heartbeat-s 2] [--idle-s 45] [--uvloop] [--json out.json]
+    python bench/bench_idle.py [-n 10000] [--loaders 4] [--heartbeat-s 2] [--idle-s 120] [--uvloop] [--json out.json]
 
 One `gateway mock-upstream` and one `gateway serve` worker (a config whose only
 provider is the mock, sized for the run: the provider's `max_connections`,
@@ -243,8 +243,8 @@ def main() -> None:
     parser.add_argument("--open-concurrency", type=int, default=128,
                         help="streams connecting at once, over all loaders (default 128: the listen backlog)")
     parser.add_argument("--heartbeat-s", type=float, default=2.0, help="the gateway's server.heartbeat_s")
-    parser.add_argument("--idle-s", type=float, default=45.0, help="the provider's timeouts.idle_s: longer than "
-                        "it takes to open all N streams (default 45)")
+    parser.add_argument("--idle-s", type=float, default=120.0, help="the provider's timeouts.idle_s: longer than "
+                        "it takes to open all N streams (default 120)")
     parser.add_argument("--uvloop", action="store_true", help="run the gateway on uvloop (the bench installs the "
                         "loop policy; `gateway serve` picks it itself where it does)")
     parser.add_argument("--json", type=Path, help="where to write the figures (default: the run's temp directory)")
