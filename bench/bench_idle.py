@@ -346,6 +346,10 @@ def main() -> None:
             if proc.wait() != 0:
                 raise SystemExit(f"a load generator failed: {proc.returncode}")
         outs = [json.loads((tmp / f"loader{i}.json").read_text()) for i in range(len(loaders))]
+        for name, proc in (("mock", mock), ("gateway", gw)):
+            if proc.poll() is not None:  # then the streams' errors are its doing, not the gateway's
+                result[f"{name}_exited"] = proc.returncode
+                print(f"warning: the {name} exited ({proc.returncode}) during the run", file=sys.stderr)
         records = [rec for out in outs for rec in out["records"]]
         ended = time.monotonic()
         time.sleep(1.0)
