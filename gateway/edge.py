@@ -38,6 +38,7 @@ import resource
 from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -324,19 +325,40 @@ class EdgeRunner(web.AppRunner):
 
 # --- the open-file limit -----------------------------------------------------------------------
 
-def raise_open_file_limit() -> tuple[int, int]:
+OPEN_FILES_CEILING = 1 << 20  # the hard limit container runtimes give by default; fs.nr_open bounds it too
+
+
+def raise_open_file_limit(ceiling: int = OPEN_FILES_CEILING) -> tuple[int, int]:
     """Raise this process's soft limit on open files to its hard limit, where the OS allows:
-    (before, after)."""
+    (before, after). A process that may raise its hard limit too (CAP_SYS_RESOURCE, which root
+    usually has, though not in every container) raises both, up to `ceiling` and the kernel's
+    per-process maximum (/proc/sys/fs/nr_open): one worker's client connections and their
+    upstream ones each take a file. Either way `after` is the soft limit now in force."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY:
         return soft, soft
-    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if hard != resource.RLIM_INFINITY:
+        top = min(ceiling, _kernel_open_files_max(hard))
+        if top > hard:
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (top, top))
+                return soft, top
+            except (ValueError, OSError):  # unprivileged: the hard limit stays
+                pass
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, ceiling)
     if soft < target:
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
         except (ValueError, OSError):
             return soft, soft
     return soft, max(soft, target)
+
+
+def _kernel_open_files_max(fallback: int) -> int:
+    try:
+        return int(Path("/proc/sys/fs/nr_open").read_text())
+    except (OSError, ValueError):
+        return fallback
 
 
 def connection_cap(configured: int, fd_limit: int, upstream_fds: int) -> int:

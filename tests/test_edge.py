@@ -25,7 +25,7 @@ import aiohttp
 import orjson
 import pytest
 
-from gateway.edge import ACCEPT_BURST, RESERVED_FDS, connection_cap
+from gateway.edge import ACCEPT_BURST, OPEN_FILES_CEILING, RESERVED_FDS, connection_cap
 
 from .conftest import ROOT, Gateway, Process, config_text, start_gateway
 from .test_observability import markdown_rows
@@ -338,8 +338,22 @@ async def test_20000_connections_hit_the_cap_which_logs_a_line_not_a_flood(mock_
     assert b"Traceback" not in stderr and b"Too many open files" not in stderr
 
 
+def unprivileged() -> None:
+    """In the child before exec: drop CAP_SYS_RESOURCE from the capability bounding set, so the
+    gateway cannot raise its hard open-file limit even as root (where it may, it does)."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(24, 24, 0, 0, 0)  # PR_CAPBSET_DROP, CAP_SYS_RESOURCE
+
+
+def may_raise_hard_limits() -> bool:
+    effective = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("CapEff"))
+    return bool(int(effective.split()[1], 16) >> 24 & 1)  # CAP_SYS_RESOURCE
+
+
 def limit_open_files_to_1024() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024))
+    unprivileged()
 
 
 async def test_the_cap_is_lowered_to_fit_the_open_file_limit_and_engages_before_it(mock_upstream: Process,
@@ -365,10 +379,60 @@ async def test_the_cap_is_lowered_to_fit_the_open_file_limit_and_engages_before_
 def test_serve_raises_its_soft_open_file_limit_to_the_hard_limit_and_says_so(mock_upstream: Process,
                                                                             tmp_path: Path) -> None:
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    gw = start_gateway(tmp_path, config_text(mock_upstream.url),
-                       preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (512, hard)))
+    def soft_512() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (512, hard))
+        unprivileged()
+
+    gw = start_gateway(tmp_path, config_text(mock_upstream.url), preexec_fn=soft_512)
     gw.stop()
     assert f"open-file limit {hard} (raised from 512)".encode() in gw.stderr_path.read_bytes()
+
+
+@pytest.mark.skipif(not may_raise_hard_limits(), reason="needs CAP_SYS_RESOURCE (root in most places)")
+def test_serve_with_the_privilege_raises_its_hard_open_file_limit_too(mock_upstream: Process, tmp_path: Path) -> None:
+    gw = start_gateway(tmp_path, config_text(mock_upstream.url), preexec_fn=lambda: resource.setrlimit(
+        resource.RLIMIT_NOFILE, (1024, 1024)))
+    gw.stop()
+    top = min(OPEN_FILES_CEILING, int(Path("/proc/sys/fs/nr_open").read_text()))
+    assert f"open-file limit {top} (raised from 1024); at most 10000 client connections\n".encode() \
+        in gw.stderr_path.read_bytes()
+
+
+class FakeLimits:
+    """RLIMIT_NOFILE as the kernel keeps it: raising the hard limit needs the privilege."""
+
+    def __init__(self, soft: int, hard: int, privileged: bool) -> None:
+        self.soft, self.hard, self.privileged = soft, hard, privileged
+
+    def getrlimit(self, which: int) -> tuple[int, int]:
+        return self.soft, self.hard
+
+    def setrlimit(self, which: int, limits: tuple[int, int]) -> None:
+        soft, hard = limits
+        if hard > self.hard and not self.privileged:
+            raise ValueError("not allowed to raise maximum limit")
+        if soft > hard:
+            raise ValueError("current limit exceeds maximum limit")
+        self.soft, self.hard = soft, hard
+
+
+@pytest.mark.parametrize(("privileged", "nr_open", "expected"), [
+    (False, 1 << 20, (20_000, (20_000, 20_000))),  # the soft limit up to the hard one, no further
+    (True, 1 << 20, (1 << 20, (1 << 20, 1 << 20))),  # both, up to the ceiling
+    (True, 50_000, (50_000, (50_000, 50_000))),  # both, up to the kernel's fs.nr_open
+    (True, 10_000, (20_000, (20_000, 20_000))),  # fs.nr_open under the hard limit: the soft limit only
+])
+def test_the_hard_open_file_limit_is_raised_only_with_the_privilege(
+        monkeypatch: pytest.MonkeyPatch, privileged: bool, nr_open: int, expected: tuple[int, tuple[int, int]]) -> None:
+    from gateway import edge
+
+    limits = FakeLimits(1024, 20_000, privileged)
+    monkeypatch.setattr(edge.resource, "getrlimit", limits.getrlimit)
+    monkeypatch.setattr(edge.resource, "setrlimit", limits.setrlimit)
+    monkeypatch.setattr(edge, "_kernel_open_files_max", lambda fallback: nr_open)
+    after, in_force = expected
+    assert edge.raise_open_file_limit() == (1024, after)
+    assert (limits.soft, limits.hard) == in_force
 
 
 async def test_an_accept_that_fails_for_want_of_files_is_a_throttled_line_not_a_traceback() -> None:

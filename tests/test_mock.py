@@ -609,3 +609,40 @@ async def test_the_mock_inside_gateway_serve_records_only_when_configured_and_ne
     if record_requests:
         [record] = orjson.loads(listing)
         assert record["api_key"] == "present" and b"SECRET" not in listing
+
+
+async def test_under_start_mock_a_sleeping_stream_polls_nothing_and_still_sees_its_client_go(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # start_mock's runner cancels the handler of a client that goes away: a stream sleeping between
+    # tokens waits on its time and the shutdown only (thousands of idle streams must not each wake
+    # every few ms), and its record still says client_closed.
+    from gateway.mock import playback
+
+    checks = 0
+    real_client_gone = playback.client_gone
+
+    def counting(request: Any) -> bool:
+        nonlocal checks
+        checks += 1
+        return real_client_gone(request)
+
+    monkeypatch.setattr(playback, "client_gone", counting)
+    runner, port = await start_mock("127.0.0.1", 0, default=FAST, record_requests=True)
+    try:
+        async with aiohttp.ClientSession() as session:
+            base = f"http://127.0.0.1:{port}"
+            resp = await session.post(base + CHAT, json=openai_body(),
+                                      headers={"X-Mock-Tokens": "2", "X-Mock-Inter-Token-Delay-Ms": "60000"})
+            assert (await resp.content.readline()).startswith(b"data:")  # the first token; the second is 60 s away
+            await asyncio.sleep(0.2)  # forty polls' worth at the polling interval
+            assert checks <= 2
+            resp.close()
+            for _ in range(500):
+                [record] = await (await session.get(base + "/_mock/requests")).json()
+                if record["ended"] is not None:
+                    break
+                await asyncio.sleep(0.01)
+            assert record["outcome"] == "client_closed" and record["tokens_sent"] == 1
+    finally:
+        await runner.cleanup()

@@ -13,10 +13,10 @@ from .dialects import Dialect, Job
 from .faults import Fault
 from .state import STATE
 
-# Short enough that `ended` lands within a few ms of the peer closing, while a
-# sleeping handler costs next to nothing. Polling the transport works however
-# the app is hosted (start_mock, aiohttp_client, the CLI), unlike
-# handler_cancellation, which is a runner setting the app cannot enforce.
+# Short enough that `ended` lands within a few ms of the peer closing. Polling the
+# transport works however the app is hosted (aiohttp_client in tests), unlike
+# handler_cancellation, which is a runner setting the app cannot enforce: where the
+# runner has it (start_mock, the CLI), nothing polls (see sleep_or_stop).
 _POLL_S: Final = 0.005
 STALL_S: Final = 3600.0
 # What a broken proxy or server puts where the stream should be: no SSE field
@@ -39,8 +39,19 @@ def client_gone(request: web.Request) -> bool:
 
 
 async def sleep_or_stop(request: web.Request, seconds: float) -> None:
-    """Sleep, but raise Stop as soon as the client closes or the app shuts down."""
+    """Sleep, but raise Stop as soon as the client closes or the app shuts down. Where the host
+    cancels the handler of a client that goes away (`start_mock`), only the shutdown is waited on;
+    elsewhere (`aiohttp_client` in tests) the transport is polled every `_POLL_S`."""
     state = request.app[STATE]
+    if state.cancels_handlers:
+        if client_gone(request):
+            raise Stop("client_closed")
+        shutdown = state.shutdown()
+        if seconds > 0 and not shutdown.done():
+            await asyncio.wait((shutdown,), timeout=seconds)
+        if shutdown.done():
+            raise Stop("server_shutdown")
+        return
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds
     while True:

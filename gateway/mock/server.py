@@ -154,7 +154,7 @@ async def _reset_records(request: web.Request) -> web.Response:
 async def _on_shutdown(app: web.Application) -> None:
     # Lets stalled handlers end now instead of holding runner.cleanup() for
     # its whole shutdown timeout.
-    app[STATE].closing = True
+    app[STATE].close()
 
 
 def build_mock_app(
@@ -195,7 +195,10 @@ async def start_mock(
     (127.0.0.1): a name resolving to several addresses binds each to its own
     free port and only the first is returned."""
     app = build_mock_app(profiles, default, require_api_key, record_requests=record_requests)
-    runner = web.AppRunner(app)
+    # A client that goes away cancels its handler: sleeping streams need no polling to notice
+    # (thousands of idle streams would otherwise each wake every few ms).
+    app[STATE].cancels_handlers = True
+    runner = web.AppRunner(app, handler_cancellation=True)
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port).start()
