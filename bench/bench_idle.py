@@ -1,6 +1,6 @@
 """Open-stream capacity: N concurrent idle streams held open by one gateway worker.
 
-    python bench/bench_idle.py [-n 10000] [--loaders 4] [--heartbeat-s 2] [--idle-s 120] [--uvloop] [--json out.json]
+    python bench/bench_idle.py [-n 10000] [--loaders 4] [--heartbeat-s 2] [--idle-s 120] [--asyncio] [--json out.json]
 
 One `gateway mock-upstream` and one `gateway serve` worker (a config whose only
 provider is the mock, sized for the run: the provider's `max_connections`,
@@ -245,8 +245,8 @@ def main() -> None:
     parser.add_argument("--heartbeat-s", type=float, default=2.0, help="the gateway's server.heartbeat_s")
     parser.add_argument("--idle-s", type=float, default=120.0, help="the provider's timeouts.idle_s: longer than "
                         "it takes to open all N streams (default 120)")
-    parser.add_argument("--uvloop", action="store_true", help="run the gateway on uvloop (the bench installs the "
-                        "loop policy; `gateway serve` picks it itself where it does)")
+    parser.add_argument("--asyncio", action="store_true", help="run the gateway on asyncio's loop (GATEWAY_LOOP="
+                        "asyncio); by default it picks uvloop where installed")
     parser.add_argument("--json", type=Path, help="where to write the figures (default: the run's temp directory)")
     parser.add_argument("--load", help=argparse.SUPPRESS)  # internal: run as a load generator
     args = parser.parse_args()
@@ -280,12 +280,9 @@ def main() -> None:
         mock_url = f"http://127.0.0.1:{mock_port}"
         config = gateway_config(tmp, mock_url, args)
         serve = ["serve", "--config", str(config)]
-        if args.uvloop:
-            argv = [sys.executable, "-c", "import sys, asyncio, uvloop; asyncio.set_event_loop_policy("
-                    "uvloop.EventLoopPolicy()); from gateway.cli import main; sys.exit(main(sys.argv[1:]))", *serve]
-        else:
-            argv = [sys.executable, "-m", "gateway", *serve]
-        gw = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(tmp / "gateway.err", "wb"),
+        env = dict(os.environ, GATEWAY_LOOP="asyncio") if args.asyncio else None
+        gw = subprocess.Popen([sys.executable, "-m", "gateway", *serve], cwd=ROOT, stdout=subprocess.DEVNULL,
+                              stderr=open(tmp / "gateway.err", "wb"), env=env,
                               preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, own))
         procs.append(gw)
         from bench_edge import wait_for

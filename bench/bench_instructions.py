@@ -20,7 +20,6 @@ those streams. Needs valgrind (Debian: `apt-get install valgrind`).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import re
 import shutil
@@ -110,7 +109,8 @@ def main() -> None:
         messages = [{"role": "user", "content": "benchmark"}]
         runs = {
             "bare": ([sys.executable, str(HERE / "bare_relay.py"), "--upstream", mock_url], HERE.parent,
-                     b"bare relay listening", bench_edge.MOCK_PATH, {"model": "m", "messages": messages, "stream": True}),
+                     b"bare relay listening", bench_edge.MOCK_PATH,
+                     {"model": "m", "messages": messages, "stream": True}),
             "gateway": ([sys.executable, "-m", "gateway", "serve", "--config", str(config)], args.checkout.resolve(),
                         b"gateway listening", "/v1/chat/completions",
                         {"model": "chat", "messages": messages, "stream": True}),
@@ -130,5 +130,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.set_event_loop_policy(None)
     main()
