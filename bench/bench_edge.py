@@ -321,6 +321,10 @@ def fmt(value: float, spec: str = ".1f") -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
 
 
+def ratio(value: float) -> str:
+    return fmt(value, ".2f") + ("x" if not math.isnan(value) else "")
+
+
 def machine() -> dict:
     model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                   if line.startswith("model name")), platform.processor())
@@ -336,8 +340,8 @@ def table(results: list[dict]) -> str:
     for r in results:
         rows.append(f"| {r['load']} | {r['target']} | {fmt(r['ttft_p50_ms'], '.2f')} | {fmt(r['ttft_p99_ms'], '.2f')} "
                     f"| {fmt(r['ttft_added_ms'], '+.2f')} | {fmt(r['total_p99_ms'])} | {fmt(r['streams_per_s'])} "
-                    f"| {fmt(r['rate_vs_bare'], '.2f')}x | {fmt(r['rate_vs_direct'], '.2f')}x "
-                    f"| {fmt(r['cpu_ms_per_stream'], '.2f')} | {fmt(r['cpu_vs_bare'], '.2f')}x "
+                    f"| {ratio(r['rate_vs_bare'])} | {ratio(r['rate_vs_direct'])} "
+                    f"| {fmt(r['cpu_ms_per_stream'], '.2f')} | {ratio(r['cpu_vs_bare'])} "
                     f"| {fmt(r['cpu_us_per_event'], '.0f')} | {fmt(r['rss_mb'], '.0f')} "
                     f"| {fmt(r['mock_cpu_ms_per_stream'], '.2f')} | {fmt(r['busy_cores'], '.2f')} | {r['errors']} |")
     return "\n".join(rows)

@@ -129,12 +129,19 @@ def _run(coro: Coroutine[Any, Any, int]) -> int:
 
 def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     """uvloop's event loop when it is installed (the `fast` extra), else asyncio's.
-    `GATEWAY_LOOP=asyncio` asks for asyncio's even then."""
-    if os.environ.get("GATEWAY_LOOP", "").lower() == "asyncio":
+    `GATEWAY_LOOP=asyncio` asks for asyncio's even then; `GATEWAY_LOOP=uvloop` for uvloop's or
+    an error."""
+    wanted = os.environ.get("GATEWAY_LOOP", "").strip().lower()
+    if wanted not in ("", "asyncio", "uvloop"):
+        raise SystemExit(f"GATEWAY_LOOP must be asyncio or uvloop, not {wanted!r}")
+    if wanted == "asyncio":
         return None
     try:
         import uvloop
     except ImportError:
+        if wanted == "uvloop":
+            raise SystemExit("GATEWAY_LOOP=uvloop, but uvloop is not installed: pip install 'llm-gateway[fast]'") \
+                from None
         return None
     return uvloop.new_event_loop
 
@@ -271,7 +278,8 @@ async def _drain(runner: edge.EdgeRunner, site: web.TCPSite, in_flight: InFlight
 
 def _quiet_accept_errors(events: EdgeEvents) -> Callable[[asyncio.AbstractEventLoop, dict[str, Any]], None]:
     """asyncio logs a traceback for every failed accept (EMFILE: up to 128 a loop turn). The cap
-    keeps the open-file limit out of reach; should it be reached anyway, one throttled line."""
+    keeps the open-file limit out of reach; should it be reached anyway, one throttled line.
+    (uvloop never reports it: libuv accepts and closes the surplus connections itself.)"""
     def handle(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         exc = context.get("exception")
         if context.get("message") == "socket.accept() out of system resource" and isinstance(exc, OSError):

@@ -35,22 +35,28 @@ class QueueWriter:
     def __init__(self, fd: int) -> None:
         self._fd = fd
         self._pending: list[bytes] = []  # written on the loop, not yet handed to the thread
+        self._scheduled_on: asyncio.AbstractEventLoop | None = None  # the loop whose timer will hand them over
         self._queue: queue.SimpleQueue[list[bytes] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="gateway-log", daemon=True)
         self._thread.start()
 
     def write(self, data: bytes) -> None:
+        """From the loop's thread, or from a thread without a loop (its line goes at once)."""
         self._pending.append(data)
-        if len(self._pending) == 1:
-            try:
-                asyncio.get_running_loop().call_later(HAND_OVER_S, self._hand_over)
-            except RuntimeError:  # no loop in this thread: straight to the writer
-                self._hand_over()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop in this thread: straight to the writer
+            self._hand_over()
+            return
+        if self._scheduled_on is not loop:  # none scheduled, or on a loop that stopped before it ran
+            self._scheduled_on = loop
+            loop.call_later(HAND_OVER_S, self._hand_over)
 
     def flush(self) -> None:  # every line is written as soon as the thread gets to it
         pass
 
     def _hand_over(self) -> None:
+        self._scheduled_on = None
         if self._pending:
             lines, self._pending = self._pending, []
             self._queue.put(lines)

@@ -396,17 +396,20 @@ async def pump(d: Dispatch, opened: OpenStream, write: Writer) -> None:
             if batch.ended:
                 break
             try:
-                chunk = await timer.wait(upstream.readany)
-            except TimeoutError:
-                began, batch = time.perf_counter(), stream.timer_fired(loop.time())
+                chunk = await next_chunk(timer, upstream)
             except aiohttp.ClientError as exc:
                 began = time.perf_counter()
                 batch = stream.shut_down() if d.ticket.cut else stream.broken(type(exc).__name__)
             else:
                 began = time.perf_counter()
-                # A connection the shutdown closed may read as a clean end of body: it is the cut, not
-                # a truncation by the provider.
-                batch = stream.shut_down() if d.ticket.cut and not chunk else stream.feed(chunk, loop.time())
+                if chunk is None:
+                    batch = stream.timer_fired(loop.time())
+                elif d.ticket.cut and not chunk:
+                    # A connection the shutdown closed may read as a clean end of body: it is the cut, not
+                    # a truncation by the provider.
+                    batch = stream.shut_down()
+                else:
+                    batch = stream.feed(chunk, loop.time())
     finally:
         timer.close()
     if batch.error is not None:
@@ -415,6 +418,17 @@ async def pump(d: Dispatch, opened: OpenStream, write: Writer) -> None:
         ending = stream.renderer.closing(stream.tokens()[0], ttft_ms=record.ttft_ms,
                                          latency_ms=record.since_start_ms())
     await write(Batch(ending, events=1 if ending else 0, parts=(ending,) if ending else ()), 0.0)
+
+
+async def next_chunk(timer: ReadTimer, upstream: aiohttp.StreamReader) -> bytes | None:
+    """The upstream's next chunk (b"" at the end of the body), or None when the stream's deadline
+    came first. Bytes already received win over an overdue deadline: a slow write to the client,
+    not the upstream, made this read late."""
+    try:
+        return await timer.wait(upstream.readany)
+    except TimeoutError:
+        chunk = upstream.read_nowait()
+        return chunk if chunk or upstream.is_eof() else None
 
 
 async def _send(response: web.StreamResponse, record: RequestRecord, batch: Batch, overhead_s: float) -> None:

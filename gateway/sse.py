@@ -94,6 +94,8 @@ class SSEParser:
         return len(self._buf)
 
     def feed(self, chunk: bytes) -> list[Event]:
+        if type(chunk) is not bytes:
+            chunk = bytes(chunk)  # a bytearray or memoryview: raw is always bytes
         events: list[Event] = []
         buf = self._buf
         if self._bom_pending and not buf and len(chunk) >= len(_BOM):
@@ -165,6 +167,8 @@ class SSEParser:
             events.append(Event(chunk[start : end + 2], chunk[value:end].decode("utf-8", "replace"),
                                 "message", self._id_buf))
             start = end + 2
+        if start:
+            self.last_event_id = self._id_buf  # as each dispatch commits it
         return start
 
     def close(self) -> list[Event]:

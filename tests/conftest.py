@@ -4,6 +4,7 @@ from their startup line), stopped by PID at the end."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import socket
@@ -139,6 +140,15 @@ def config_text(mock_url: str, extra: str = "", *, dead_url: str = "http://127.0
         input_per_mtok = 0.28
         output_per_mtok = 0.42
         """) + textwrap.dedent(extra)
+
+
+async def await_log(path: Path, count: int, timeout: float = 5.0) -> list[dict[str, Any]]:
+    """`read_log` for a gateway in this process: waits without blocking its event loop, which hands
+    the lines to the log's writer thread (gateway/logsink.py)."""
+    deadline = time.monotonic() + timeout
+    while len(path.read_bytes().split(b"\n")[:-1]) < count and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    return read_log(path, count, timeout=0)
 
 
 def read_log(path: Path, count: int, timeout: float = 5.0) -> list[dict[str, Any]]:

@@ -18,7 +18,7 @@ from gateway.app import build_app
 from gateway.config import parse_config
 from gateway.record import RequestLog
 
-from .conftest import Gateway, Process, read_log
+from .conftest import Gateway, Process, await_log
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 SLOW = {"X-Mock-Tokens": "200", "X-Mock-Inter-Token-Delay-Ms": "20", "X-Mock-First-Token-Delay-Ms": "0"}
@@ -120,7 +120,7 @@ async def test_200_aborted_streams_leak_no_task_connection_or_fd(mock_upstream: 
               f"fds {fds_before} -> {open_fds()}")
         assert len(asyncio.all_tasks()) == tasks_before
         assert open_fds() <= fds_before
-        lines = read_log(log_path, 201)
+        lines = await await_log(log_path, 201)
         assert all(line["client_disconnected"] for line in lines)
     finally:
         await server.close()
@@ -177,7 +177,7 @@ async def test_without_handler_cancellation_the_next_write_notices_the_client_le
         await wait_for(lambda: mock_upstream.mock_records(tag)[0]["ended"] is not None)
         [record] = mock_upstream.mock_records(tag)
         assert record["outcome"] == "client_closed" and record["tokens_sent"] < 200
-        [line] = read_log(log_path, 1)
+        [line] = await await_log(log_path, 1)
         assert (line["outcome"], line["client_disconnected"]) == ("client_disconnected", True)
     finally:
         await server.close()

@@ -21,6 +21,18 @@ def test_gateway_loop_asyncio_keeps_asyncios_own_loop(monkeypatch: pytest.Monkey
     assert loop_factory() is None
 
 
+def test_gateway_loop_uvloop_asks_for_uvloop(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GATEWAY_LOOP", "uvloop")
+    factory = loop_factory()
+    assert factory is not None and type(factory()).__module__.startswith("uvloop")
+
+
+def test_a_misspelt_gateway_loop_is_an_error_not_a_silent_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GATEWAY_LOOP", "uvlop")
+    with pytest.raises(SystemExit, match="GATEWAY_LOOP must be asyncio or uvloop, not 'uvlop'"):
+        loop_factory()
+
+
 def test_a_gateway_on_asyncios_loop_streams_as_well(mock_upstream: Process, tmp_path: Path) -> None:
     gw = start_gateway(tmp_path, config_text(mock_upstream.url), env={"GATEWAY_LOOP": "asyncio"})
     try:

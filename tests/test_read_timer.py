@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
+import aiohttp
 import pytest
+from aiohttp.base_protocol import BaseProtocol
 
 from gateway.read_timer import ReadTimer
+from gateway.relay import next_chunk
 
 
 class Clock:
@@ -118,3 +121,33 @@ async def test_a_cancellation_at_the_moment_the_timer_fires_is_not_taken_for_a_t
     loop.call_at(loop.time() + 0.01, task.cancel)  # the request is cancelled in the same instant
     await asyncio.sleep(0.05)
     assert task.cancelled()
+
+
+# --- relay.next_chunk: the pump's read, on a real aiohttp StreamReader ---------------------------
+
+def upstream_reader() -> aiohttp.StreamReader:
+    protocol = BaseProtocol(asyncio.get_running_loop())
+    protocol.connection_made(asyncio.Transport())  # a reader waits only while its connection is open
+    return aiohttp.StreamReader(protocol, 2**16, loop=asyncio.get_running_loop())
+
+
+async def test_bytes_already_received_win_over_an_overdue_deadline() -> None:
+    upstream = upstream_reader()
+    upstream.feed_data(b"data: x\n\n")  # arrived while a slow client's write held the pump
+    assert await next_chunk(ReadTimer(Clock(-1)), upstream) == b"data: x\n\n"
+
+
+async def test_the_end_of_the_body_wins_over_an_overdue_deadline() -> None:
+    upstream = upstream_reader()
+    upstream.feed_eof()
+    assert await next_chunk(ReadTimer(Clock(-1)), upstream) == b""
+
+
+async def test_an_overdue_deadline_with_nothing_received_is_the_timer() -> None:
+    assert await next_chunk(ReadTimer(Clock(-1)), upstream_reader()) is None
+
+
+async def test_a_deadline_passing_during_the_read_is_the_timer() -> None:
+    timer = ReadTimer(Clock(0.01))
+    assert await next_chunk(timer, upstream_reader()) is None
+    timer.close()

@@ -727,3 +727,17 @@ def test_encode_event_round_trips_through_parser(data, event, id, retry, as_byte
 def test_encode_comment_never_dispatches(text):
     p = SSEParser()
     assert p.feed(encode_comment(text)) == [] and p.buffered == 0
+
+
+def test_the_last_event_id_is_committed_by_events_of_the_fast_path_too() -> None:
+    parser = SSEParser()
+    parser.feed(b"id: 5\n")
+    parser.close()  # the block never ended: its id stays pending, not committed
+    assert parser.last_event_id is None
+    parser.feed(b"data: x\n\n")
+    assert parser.last_event_id == "5"
+
+
+def test_a_memoryview_chunk_gives_the_events_of_its_bytes() -> None:
+    [event] = SSEParser().feed(memoryview(b"data: x\n\n"))  # type: ignore[arg-type]
+    assert event.raw == b"data: x\n\n" and type(event.raw) is bytes and event.data == "x"
