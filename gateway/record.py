@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import operator
+from array import array
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -103,7 +104,7 @@ class RequestRecord:
     scrub: Callable[[str], str] = field(default=str, repr=False)
     started: float = field(default_factory=time.monotonic)
     ts: datetime = field(default_factory=lambda: datetime.now(UTC))
-    content_times: list[float] = field(default_factory=list)
+    content_times: array[float] = field(default_factory=lambda: array("d"))  # 8 bytes an output, no float objects
     overhead_s: float = 0.0
     served: TokenReport | None = None
     is_committed: bool = False
