@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import math
 import operator
-from array import array
 import sys
 import time
+from array import array
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
