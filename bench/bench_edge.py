@@ -48,6 +48,7 @@ import sys
 import tempfile
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -197,6 +198,27 @@ def nginx_conf(prefix: Path, port: int, upstream: str) -> str:
         """)
 
 
+def gateway_config(tmp: Path, mock_url: str, max_connections: int | None = None) -> Path:
+    """A gateway config in `tmp` whose only provider is the mock, on route `chat`, logging to `tmp`."""
+    pool = f"max_connections = {max_connections}" if max_connections is not None else ""
+    config = tmp / "gateway.toml"
+    config.write_text(textwrap.dedent(f"""
+        [server]
+        host = "127.0.0.1"
+        port = 0
+        [log]
+        path = "{tmp / 'requests.log'}"
+        [providers.mock]
+        dialect = "openai"
+        base_url = "{mock_url}/oa/v1"
+        forward_headers = ["x-mock-"]
+        {pool}
+        [routes.chat]
+        arms = [{{ name = "only", provider = "mock", model = "m", weight = 100 }}]
+        """))
+    return config
+
+
 def pids_of(root: int) -> list[int]:
     """`root` and its descendants (the workers of --workers 2, nginx's workers)."""
     children: dict[int, list[int]] = {}
@@ -241,7 +263,9 @@ def rss_mb(pids: list[int]) -> float:
 # --- the run ---
 
 def run_cell(url: str, body: dict, load: dict, streams: int, loaders: int, pids: list[int],
-             mock_pid: int | None = None) -> dict:
+             mock_pid: int | None = None, on_ready: Callable[[], object] | None = None) -> dict:
+    """`streams` streams of `load` from `loaders` processes; `on_ready` runs once their connections
+    are open, right before the measured part (bench_instructions.py zeroes its counters there)."""
     per = [streams // loaders + (1 if i < streams % loaders else 0) for i in range(loaders)]
     conc = [max(1, load["concurrency"] // loaders + (1 if i < load["concurrency"] % loaders else 0))
             for i in range(loaders)]
@@ -252,6 +276,8 @@ def run_cell(url: str, body: dict, load: dict, streams: int, loaders: int, pids:
     for proc in procs:  # each has warmed up its connections
         if proc.stdout.readline().strip() != b"ready":
             raise SystemExit(f"a load generator failed: {proc.wait()}")
+    if on_ready is not None:
+        on_ready()
     cpu_before = cpu_seconds(pids) if pids else 0.0
     mock_before = cpu_seconds([mock_pid]) if mock_pid else 0.0
     for proc in procs:
@@ -404,25 +430,11 @@ def main() -> None:
                                b"bare relay listening", tmp / "bare.err", "bare relay")
             procs.append(bare)
             endpoints["bare"] = (f"http://127.0.0.1:{port}{MOCK_PATH}", mock_body, bare)
-        config = tmp / "gateway.toml"
         # The provider's pool (per worker): by default sized to the largest concurrency, as the other relays
         # are unbounded; the gateway's own default (100) queues streams beyond it (`--pool 100` measures that).
         pool = args.pool or max(load["concurrency"] for load in loads_for(args))
         info["gateway_provider_max_connections"] = pool
-        config.write_text(textwrap.dedent(f"""
-            [server]
-            host = "127.0.0.1"
-            port = 0
-            [log]
-            path = "{tmp / 'requests.log'}"
-            [providers.mock]
-            dialect = "openai"
-            base_url = "{mock_url}/oa/v1"
-            forward_headers = ["x-mock-"]
-            max_connections = {pool}
-            [routes.chat]
-            arms = [{{ name = "only", provider = "mock", model = "m", weight = 100 }}]
-            """))
+        config = gateway_config(tmp, mock_url, pool)
         gw_body = {"model": "chat", "messages": messages, "stream": True}
         for name, extra in (("gateway", []), ("gateway-w2", ["--workers", "2"])):
             if name in targets:

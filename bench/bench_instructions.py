@@ -26,8 +26,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -36,18 +36,12 @@ sys.path.insert(0, str(HERE))
 import bench_edge  # noqa: E402  (the load generator and process helpers)
 
 
-def run_streams(url: str, body: dict, streams: int, tokens: int, concurrency: int = 10) -> None:
-    spec = {"url": url, "body": body, "tokens": tokens, "delay_ms": 0, "concurrency": concurrency,
-            "streams": streams}
-    proc = subprocess.Popen([sys.executable, str(HERE / "bench_edge.py"), "--load", bench_edge.json.dumps(spec)],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    assert proc.stdout is not None and proc.stdin is not None
-    if proc.stdout.readline().strip() != b"ready":
-        raise SystemExit("the load generator failed")
-    out, _ = proc.communicate(b"go\n")
-    errors = bench_edge.json.loads(out)["errors"]
-    if errors:
-        raise SystemExit(f"{errors} streams failed against {url}")
+def run_streams(url: str, body: dict, streams: int, tokens: int, concurrency: int = 10,
+                on_ready: Callable[[], object] | None = None) -> None:
+    load = {"tokens": tokens, "delay_ms": 0, "concurrency": concurrency}
+    cell = bench_edge.run_cell(url, body, load, streams, 1, [], on_ready=on_ready)
+    if cell["errors"]:
+        raise SystemExit(f"{cell['errors']} streams failed against {url}")
 
 
 def instructions(argv: list[str], cwd: Path, ready: bytes, path: str, body: dict, streams: int, tokens: int,
@@ -65,8 +59,9 @@ def instructions(argv: list[str], cwd: Path, ready: bytes, path: str, body: dict
             time.sleep(0.5)
         url = f"http://127.0.0.1:{int(m.group(1))}{path}"
         run_streams(url, body, 20, tokens, concurrency=5)  # warm-up: imports, pools, caches
-        subprocess.run(["callgrind_control", "-z", str(proc.pid)], check=True, capture_output=True)
-        run_streams(url, body, streams, tokens)
+        # Zeroed once the loader's connections are open: only the measured streams are counted.
+        run_streams(url, body, streams, tokens, on_ready=lambda: subprocess.run(
+            ["callgrind_control", "-z", str(proc.pid)], check=True, capture_output=True))
         subprocess.run(["callgrind_control", "-d", str(proc.pid)], check=True, capture_output=True)
         dumps = sorted(tmp.glob(f"{name}.callgrind.*"))
         if not dumps:
@@ -92,20 +87,7 @@ def main() -> None:
                                        b"mock provider", tmp / "mock.err", "mock")
     try:
         mock_url = f"http://127.0.0.1:{mock_port}"
-        config = tmp / "gateway.toml"
-        config.write_text(textwrap.dedent(f"""
-            [server]
-            host = "127.0.0.1"
-            port = 0
-            [log]
-            path = "{tmp / 'requests.log'}"
-            [providers.mock]
-            dialect = "openai"
-            base_url = "{mock_url}/oa/v1"
-            forward_headers = ["x-mock-"]
-            [routes.chat]
-            arms = [{{ name = "only", provider = "mock", model = "m", weight = 100 }}]
-            """))
+        config = bench_edge.gateway_config(tmp, mock_url)
         messages = [{"role": "user", "content": "benchmark"}]
         runs = {
             "bare": ([sys.executable, str(HERE / "bare_relay.py"), "--upstream", mock_url], HERE.parent,
