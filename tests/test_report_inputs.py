@@ -13,8 +13,10 @@ import tempfile
 from datetime import timedelta
 
 import orjson
+import pytest
 
 from gateway.report import load, main, render_json, summarize
+from gateway.report.errors import ReportError
 
 from .conftest import ROOT
 from .test_report import T0, as_bytes, record, write_log
@@ -192,10 +194,30 @@ def _stream(records: list) -> io.BytesIO:
     return io.BytesIO("".join(json.dumps(r) + "\n" for r in records).encode())
 
 
-def test_the_quick_and_the_full_classification_agree_line_by_line(tmp_path):
-    """The fast path's table (_quick_sql) and the one that names problems
-    (_classify_sql) must give every line the same kind and values."""
-    from gateway.report.dataset import _classify_sql, _quick_sql, _scan
+def _modes_of(engine, path, route: str) -> dict:
+    """Each read mode's rows for the lines of ``path`` (None: the mode refused them)."""
+    import duckdb
+
+    from gateway.report.dataset import _classify_sql, _scan, _strict_sql
+
+    params = {"plain": [str(path)], "since_us": 10**15, "route": route}  # since 2001-09-09
+    sqls = {"strict": _strict_sql(_scan("plain", "none", "strict", True, file=False), True),
+            "typed": _classify_sql(_scan("plain", "none", "typed", True), True, True),
+            "text": _classify_sql(_scan("plain", "none", "text", True), False, True)}
+    rows = {}
+    for mode, sql in sqls.items():
+        try:
+            rows[mode] = engine.con.execute(
+                f"SELECT kind, arm, outcome, us, ttft, lat, cost, pt, ct, fb, hg, hcost FROM ({sql})",
+                params).fetchall()
+        except duckdb.InvalidInputException:
+            rows[mode] = None
+    return rows
+
+
+def test_a_stricter_read_mode_reads_each_line_as_the_laxer_modes_do(tmp_path):
+    """The strict scan (the fast path), the typed one and the text one
+    (dataset.py) either refuse a line or give it the same kind and values."""
     from gateway.report.engine import Engine
 
     def without(field: str, **over) -> dict:
@@ -209,22 +231,100 @@ def test_the_quick_and_the_full_classification_agree_line_by_line(tmp_path):
             record(ts="2026-11-26T05:00:00.5+01:00"), record(ts="0000-12-31T23:59:59Z"), record(ts="soon"),
             record(ts="2000-01-01T00:00:00Z"), record(schema=0), record(schema=None),
             record(event="startup"), without("event"), without("ts"), without("outcome"),
-            without("fallback_used"), record(fallback_used=True), record(prompt_tokens=2**100)]
-    path = tmp_path / "r.log"
-    path.write_text("".join(json.dumps(r) + "\n" for r in recs))   # json: 2**100 is beyond orjson
+            without("fallback_used"), record(fallback_used=True), record(prompt_tokens=2**100),
+            # the strict scan's own edges: its timestamp format and BIGINT counts
+            record(ts="2026-11-26T04:00:00.5Z"), record(ts="2026-11-26T04:00:00.123456Z"),
+            record(ts=" 2026-11-26T04:00:00.123Z\t"), record(ts="2026-11-26T04:00:00.1234567Z"),
+            record(ts="0000-12-31T23:59:59.000Z"), record(ts="2026-11-26T24:00:00.000Z"),
+            record(ts="2026-1-2T3:4:5.000Z"), record(ts="2026-11-26T04:00:00.000z"),
+            record(prompt_tokens=2**63 - 1), record(prompt_tokens=2**63), record(completion_tokens=1.5),
+            record(completion_tokens="12"), record(hedged=True, hedge_cost_usd=0.5)]
     engine = Engine()
     try:
-        # since 2001-09-09: the line of 2000 is filtered
-        params = {"plain": [str(path)], "since_us": 10**15, "route": "chat"}
-        rows = []
-        for sql in (_quick_sql(_scan("plain", "none", True, True, file=False), True),
-                    _classify_sql(_scan("plain", "none", True, True), True, True)):
-            engine.con.execute("DROP TABLE IF EXISTS lines")
-            engine.con.execute(sql, params)
-            rows.append(sorted(engine.con.execute(
-                "SELECT kind, arm, outcome, us, ttft, lat, cost, pt, ct, fb FROM lines").fetchall(), key=repr))
-        assert rows[0] == rows[1]
-        kinds = sorted(r[0] for r in rows[0])
-        assert kinds.count(0) == 6 and kinds.count(1) == 13 and kinds.count(2) == 2 and kinds.count(3) == 2
+        accepted = {"strict": 0, "typed": 0}
+        kinds = []
+        for n, rec in enumerate(recs):
+            path = tmp_path / f"{n}.log"
+            path.write_text(json.dumps(rec) + "\n")   # json: 2**100 is beyond orjson
+            rows = _modes_of(engine, path, "chat")
+            assert rows["text"] is not None, rec
+            for mode in ("strict", "typed"):
+                if rows[mode] is not None:
+                    assert rows[mode] == rows["text"], (mode, rec["ts"], rows)
+                    accepted[mode] += 1
+            kinds.append(rows["text"][0][0])
+        # the typed scan reads every line of this log (each field is JSON of its type);
+        # the strict one refuses 11: 9 timestamps not in its format, 2 counts beyond BIGINT
+        assert accepted == {"strict": len(recs) - 11, "typed": len(recs)}
+        # the line of 2000 is filtered, like the route "other"
+        assert [kinds.count(k) for k in range(5)] == [17, 15, 2, 2, 1]
     finally:
         engine.close()
+
+
+def test_the_gateways_own_lines_are_read_by_the_strict_scan(tmp_path):
+    """A log as the gateway writes it (RequestLog, schema 2) takes the fast path."""
+    from gateway.report.engine import Engine
+
+    path = tmp_path / "r.log"
+    write_log(path, [record(schema=2, hedged=False, hedge_cost_usd=None), record()])
+    engine = Engine()
+    try:
+        rows = _modes_of(engine, path, "chat")
+        assert rows["strict"] is not None and rows["strict"] == rows["text"]
+        assert [r[0] for r in rows["strict"]] == [0, 0]
+    finally:
+        engine.close()
+
+
+def test_a_clean_log_is_read_in_one_pass_without_a_table(tmp_path):
+    path = tmp_path / "r.log"
+    write_log(path, [record(), record(arm="canary")])
+    with load([str(path)]) as ds:
+        assert ds.reader.mode == "strict" and ds.reader.source != "lines"
+        assert ds.requests == 2
+
+
+def test_a_timestamp_outside_the_gateways_format_takes_the_typed_read_with_the_same_figures(tmp_path):
+    offset, utc = tmp_path / "offset.log", tmp_path / "utc.log"
+    write_log(offset, [record(ts="2026-11-26T05:00:00.000+01:00"), record()])
+    write_log(utc, [record(), record()])
+    with load([str(offset)]) as a, load([str(utc)]) as b:
+        assert a.reader.mode == "typed" and b.reader.mode == "strict"
+        doc_a, doc_b = (orjson.loads(render_json(summarize(ds))) for ds in (a, b))
+        del doc_a["meta"], doc_b["meta"]   # the file names, the time of the report
+        assert doc_a == doc_b
+
+
+def test_a_line_that_is_not_json_takes_the_text_read(tmp_path):
+    path = tmp_path / "r.log"
+    path.write_bytes(as_bytes([record()]) + b"not json\n")
+    with load([str(path)]) as ds:
+        assert ds.reader.mode == "text" and ds.requests == 1 and ds.malformed == 1
+
+
+def test_the_charts_of_a_log_read_in_one_pass_read_it_again(tmp_path):
+    path = tmp_path / "r.log"
+    write_log(path, [record()] * 3)
+    with load([str(path)]) as ds:
+        assert ds.reader.source != "lines"
+        rows = ds.over_time(ds.arms["control"].first_us, 60)
+        assert [r[2] for r in rows] == [3] and ds.reader.source == "lines"
+
+
+def test_a_log_that_grew_before_its_charts_were_drawn_is_an_error_not_a_wrong_chart(tmp_path):
+    path = tmp_path / "r.log"
+    write_log(path, [record()] * 3)
+    with load([str(path)]) as ds:
+        with open(path, "ab") as f:
+            f.write(as_bytes([record()]))
+        with pytest.raises(ReportError, match="changed while they were read"):
+            ds.over_time(ds.arms["control"].first_us, 60)
+
+
+def test_tiny_costs_are_summed_on_scaled_values_exactly(tmp_path):
+    costs = [3e-160, 5e-160, 1e-159]
+    with load([_stream([record(cost_usd=c) for c in costs])]) as ds:
+        a = ds.arms["control"]
+        assert a.cost_usd == sum(costs)   # exact here: fsum of scaled values, scaled back
+        assert a.cost_exp != 0

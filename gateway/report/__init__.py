@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         files = args.logfiles or ["-"]
         if files == ["-"] and getattr(sys.stdin, "isatty", lambda: False)():
             raise ReportError("no LOGFILE given and stdin is a terminal (try --help)")
-        with load(files, since=since, route=args.route) as ds:
+        with load(files, since=since, route=args.route, keep_lines=bool(args.html)) as ds:
             requests = ds.requests
             report = summarize(ds, control=args.control)
             if args.format == "json":

@@ -1,6 +1,8 @@
-"""Request logs read by DuckDB into per-arm figures: one scan of every input
-into a typed table, classified line by line (counted, malformed, skipped,
-filtered, without arm), then small aggregate queries over that table."""
+"""Request logs read by DuckDB into per-arm figures.  A clean log takes one
+pass: every line classified (counted, malformed, skipped, filtered, without
+arm) and aggregated per arm in the same statement, nothing kept but the
+figures.  A log with malformed lines, or values the fast path's types refuse,
+is read into a table first, which names each problem with its file and line."""
 
 from __future__ import annotations
 
@@ -52,36 +54,48 @@ def utc_of_us(us: int) -> _dt.datetime:
 
 
 # Every field the report reads, by name; other fields (the schema grows) are
-# never read.  DuckDB reads them in one of two modes:
+# never read.  DuckDB reads them in one of three modes:
 #
-# * typed (the fast path): each field in its own type; DuckDB stops at the
-#   first line that is not JSON or holds a value it cannot convert;
-# * text (the strict path, taken only when the typed scan stopped): every
-#   field as VARCHAR, which never fails to convert, so each bad line is
-#   counted as malformed with its reason; the text of a number is cast below.
+# * strict (the fast path): each field in its own type, and stricter than
+#   the report needs: ``ts`` as the gateway writes it (``%Y-%m-%dT%H:%M:%S.%fZ``,
+#   any fraction of 1-6 digits), token counts as BIGINT.  DuckDB stops at the
+#   first line that is not JSON or holds a value these types refuse;
+# * typed (taken when the strict scan stopped, or to name malformed lines):
+#   ``ts`` as text, token counts as HUGEINT; DuckDB stops as above;
+# * text (taken when the typed scan stopped): every field as VARCHAR, which
+#   never fails to convert, so each bad line is counted as malformed with its
+#   reason; the text of a number is cast below.
 #
-# Both modes give the same figures for a clean log.  Neither can tell a
-# missing field from a null one: DuckDB's reader yields NULL for both.
+# A value a stricter mode accepts is read as the laxer modes read it (held
+# line by line by tests/test_report_inputs.py), so all three give the same
+# figures for a log all three can read.  None can tell a missing field from a
+# null one: DuckDB's reader yields NULL for both.
 _FIELDS = ("event", "schema", "ts", "route", "arm", "outcome", "ttft_ms", "latency_ms",
            "prompt_tokens", "completion_tokens", "cost_usd", "fallback_used", "hedged", "hedge_cost_usd")
 _TYPES = {"schema": "BIGINT", "ttft_ms": "DOUBLE", "latency_ms": "DOUBLE", "cost_usd": "DOUBLE",
           "prompt_tokens": "HUGEINT", "completion_tokens": "HUGEINT", "fallback_used": "BOOLEAN",
           "hedged": "BOOLEAN", "hedge_cost_usd": "DOUBLE"}
+# Reading ``ts`` as TIMESTAMP with a format saves its text; BIGINT counts
+# convert faster than HUGEINT (together about a fifth of the scan's work).
+_STRICT_TYPES = {**_TYPES, "ts": "TIMESTAMP", "prompt_tokens": "BIGINT", "completion_tokens": "BIGINT"}
+_TS_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+_MODES = ("strict", "typed", "text")
 
 
-def _columns(typed: bool, route: bool) -> str:
+def _columns(mode: str, route: bool) -> str:
+    types = {"strict": _STRICT_TYPES, "typed": _TYPES, "text": {}}[mode]
     fields = [f for f in _FIELDS if route or f != "route"]  # route is read only to filter on it
-    return "{" + ", ".join(f"'{f}': '{_TYPES.get(f, 'VARCHAR') if typed else 'VARCHAR'}'"
-                           for f in fields) + "}"
+    return "{" + ", ".join(f"'{f}': '{types.get(f, 'VARCHAR')}'" for f in fields) + "}"
 
 
-def _scan(param: str, compression: str, typed: bool, route: bool, file: bool = True) -> str:
-    """read_ndjson of the files in ``$param``; ``file``: with each line's
-    file name (only needed to name a malformed line)."""
+def _scan(param: str, compression: str, mode: str, route: bool, file: bool = True) -> str:
+    """read_ndjson of the files in ``$param`` in one of the ``_MODES``;
+    ``file``: with each line's file name (only needed to name a malformed line)."""
     head = "SELECT filename AS file, * EXCLUDE (filename)" if file else "SELECT *"
+    ts_format = f"timestampformat = '{_TS_FORMAT}', " if mode == "strict" else ""
     return (f"{head} FROM read_ndjson(${param}, "
-            f"columns = {_columns(typed, route)}, records = true, format = 'newline_delimited', "
-            f"ignore_errors = {'false' if typed else 'true'}, filename = {'true' if file else 'false'}, "
+            f"columns = {_columns(mode, route)}, records = true, format = 'newline_delimited', {ts_format}"
+            f"ignore_errors = {'true' if mode == 'text' else 'false'}, filename = {'true' if file else 'false'}, "
             f"compression = '{compression}')")
 
 
@@ -94,37 +108,38 @@ def _quoted(f: str) -> str:
     return f"'bad value for ''{f}'': ' || left({f}::VARCHAR, 40)"
 
 
-# Unix microseconds of the RFC 3339 ``ts``, or NULL.  An explicit offset is
-# required.  A leap second (``:60``, which TIMESTAMPTZ rejects) is read as
-# the last microsecond of its minute; years outside 0001-9999 (RFC 3339's
-# range, and Python's) make the line malformed rather than crash later.
+# Unix microseconds of the RFC 3339 ``ts`` (surrounding white space allowed,
+# as the strict scan's TIMESTAMP format allows it), or NULL.  An explicit
+# offset is required.  A leap second (``:60``, which TIMESTAMPTZ rejects) is
+# read as the last microsecond of its minute; years outside 0001-9999 (RFC
+# 3339's range, and Python's) make the line malformed rather than crash later.
+_WHITE_SPACE = "' ' || chr(9) || chr(10) || chr(11) || chr(12) || chr(13)"
 _TS_US = r"""
 epoch_us(CASE
-  WHEN CASE WHEN suffix(ts, 'Z') THEN TRUE WHEN suffix(ts, 'z') THEN TRUE  -- a CASE, not OR: the
-            ELSE substr(ts, length(ts) - 5, 1) IN ('+', '-') END             -- common 'Z' ends the test
+  WHEN CASE WHEN suffix(ts_text, 'Z') THEN TRUE WHEN suffix(ts_text, 'z') THEN TRUE  -- a CASE, not OR:
+            ELSE substr(ts_text, length(ts_text) - 5, 1) IN ('+', '-') END         -- 'Z' ends the test
   THEN coalesce(
-    TRY_CAST(ts AS TIMESTAMPTZ),
-    CASE WHEN substr(ts, 18, 2) = '60'
-         THEN TRY_CAST(regexp_replace(ts, '^(.{17})60(\.[0-9]*)?', '\159.999999') AS TIMESTAMPTZ)
+    TRY_CAST(ts_text AS TIMESTAMPTZ),
+    CASE WHEN substr(ts_text, 18, 2) = '60'
+         THEN TRY_CAST(regexp_replace(ts_text, '^(.{17})60(\.[0-9]*)?', '\159.999999') AS TIMESTAMPTZ)
     END)
 END)"""
 _US_MIN = -62135596800 * 10**6                # 0001-01-01T00:00:00Z
 _US_MAX = 253402300799 * 10**6 + 999999       # 9999-12-31T23:59:59.999999Z
 
 
-def _quick_sql(scans: str, route: bool) -> str:
-    """The fast path's ``lines``: typed fields only, and the kind of each line
-    (as in ``_classify_sql``) from the same checks written as one boolean,
-    without the line's file or the text of its problem.  Both are only
-    needed to show malformed lines: when there are any, ``_classify_sql``
+def _strict_sql(scans: str, route: bool) -> str:
+    """The fast path's lines: every field in its strict type, and the kind of
+    each line (as in ``_classify_sql``) from the same checks written as one
+    boolean, without the line's file or the text of its problem.  Both are
+    only needed to show malformed lines: when there are any, ``_classify_sql``
     reads the logs again for them."""
     def bad(f: str) -> str:
         return f"({f} IS NOT NULL AND NOT coalesce({f} >= 0 AND isfinite({f}), false))"
     route_filter = "route IS DISTINCT FROM $route" if route else "FALSE"
     return f"""
-CREATE TEMP TABLE lines AS
 WITH raw AS ({scans}),
-typed AS (SELECT *, {_TS_US} AS us FROM raw)
+typed AS (SELECT *, epoch_us(ts) AS us FROM raw)
 SELECT arm, outcome, us, ttft_ms AS ttft, latency_ms AS lat, cost_usd AS cost,
   prompt_tokens AS pt, completion_tokens AS ct, fallback_used AS fb,
   coalesce(hedged, false) AS hg,  -- schema 2; a schema-1 line has none (not hedged, no extra cost)
@@ -133,7 +148,7 @@ SELECT arm, outcome, us, ttft_ms AS ttft, latency_ms AS lat, cost_usd AS cost,
        WHEN event <> 'request' THEN 2
        WHEN schema IS NULL THEN 1
        WHEN schema < 1 THEN 2
-       WHEN ts IS NULL OR outcome IS NULL OR fallback_used IS NULL OR us IS NULL
+       WHEN us IS NULL OR outcome IS NULL OR fallback_used IS NULL
          OR us < {_US_MIN} OR us > {_US_MAX}
          OR {bad("ttft_ms")} OR {bad("latency_ms")} OR {bad("cost_usd")}
          OR (prompt_tokens IS NOT NULL AND NOT coalesce(prompt_tokens >= 0, false))
@@ -146,7 +161,7 @@ FROM typed
 
 
 def _classify_sql(scans: str, typed: bool, route: bool) -> str:
-    """One pass over the scans into the table ``lines``, one row per line:
+    """The lines of the scans, classified and typed, one row per line:
     kind 0 counted, 1 malformed (with its ``problem``), 2 skipped (another
     event or schema), 3 filtered (--since / --route), 4 without arm."""
     v = lambda f: _value(f, typed)  # noqa: E731
@@ -156,13 +171,13 @@ def _classify_sql(scans: str, typed: bool, route: bool) -> str:
     hg = "coalesce(hedged, false)" if typed else "coalesce(hedged = 'true', false)"
     route_filter = "route IS DISTINCT FROM $route" if route else "FALSE"
     return f"""
-CREATE TEMP TABLE lines AS
 WITH raw AS ({scans}),
+trimmed AS (SELECT *, trim(ts, {_WHITE_SPACE}) AS ts_text FROM raw),
 typed AS (
   SELECT *, {v("schema")} AS schema_i, {_TS_US} AS us, {v("ttft_ms")} AS ttft, {v("latency_ms")} AS lat,
          {v("cost_usd")} AS cost, {v("prompt_tokens")} AS pt, {v("completion_tokens")} AS ct,
          {v("hedge_cost_usd")} AS hcost
-  FROM raw
+  FROM trimmed
 ),
 judged AS (
   -- a failed cast is NULL, so every check on a value is coalesced to false
@@ -196,50 +211,44 @@ FROM judged
 """
 
 
-# Token sums are exact: DuckDB sums HUGEINT counts (each up to 2^127) in
-# HUGEINT.  Should a sum pass 2^127, each count is split at 2^64 so neither
-# half's sum can overflow, and the halves are joined in Python's integers.
+# Token sums are exact: DuckDB sums counts in HUGEINT (a strict scan's
+# BIGINT counts cannot overflow it).  Should a sum of HUGEINT counts pass
+# 2^127, each count is split at 2^64 so neither half's sum can overflow, and
+# the halves are joined in Python's integers.
 _TWO64 = 2**64
 
 
-def _per_arm_sql(split: bool) -> str:
+def _summary_sql(source: str, split: bool) -> str:
+    """Everything the report needs from the lines of ``source`` (the strict
+    scan, or the table ``lines``), one row per kind and arm, in one pass: the
+    counts, sums and extremes, the outcomes, the cost moments, and the
+    durations themselves (the statistics need whole samples): TTFT of any
+    outcome, hedged and not, and latency of ok requests.  Only kind 0's
+    figures are used; the other kinds are counted."""
     def tokens(col: str, cond: str = "TRUE") -> str:
         if not split:
             return f"sum({col}) FILTER ({cond}), 0"
         return f"sum({col} // {_TWO64}) FILTER ({cond}), sum({col} % {_TWO64}) FILTER ({cond})"
-    # per arm and outcome: one pass gives both; the arms' sums are added in Python
     return f"""
-SELECT arm, outcome, count(*) AS n,
-       count(*) FILTER (fb) AS fallbacks, count(*) FILTER (hg) AS hedged, min(us), max(us),
+SELECT kind, arm, count(*), histogram(outcome), count(*) FILTER (fb), count(*) FILTER (hg), min(us), max(us),
        {tokens("pt")}, {tokens("ct")}, {tokens("ct", "cost IS NOT NULL")},
-       count(cost), max(cost)
-FROM lines WHERE kind = 0 GROUP BY arm, outcome
+       count(cost), max(cost), fsum(cost), var_samp(cost), fsum(hcost) FILTER (hg),
+       list(ttft) FILTER (ttft IS NOT NULL AND hg), list(ttft) FILTER (ttft IS NOT NULL AND NOT hg),
+       list(lat) FILTER (lat IS NOT NULL AND outcome = 'ok')
+FROM {source} GROUP BY kind, arm
 """
 
 
-# Cost moments on costs scaled by a power of two (exact for normal numbers):
-# the largest cost scales to [0.5, 1), so neither the sum nor the squares
-# of a log full of 1e308 overflow.  Welch's t and the arms' ratio do not
-# change with the scale; only the displayed totals are scaled back.
-_COST = """
+# The cost moments of the summary are of the costs as they are; beyond
+# 2^500 (or below 2^-500) their squares could overflow (or lose digits), and
+# this query takes them again on costs scaled by a power of two (exact for
+# normal numbers): the largest cost scales to [0.5, 1), so neither the sum nor
+# the squares of a log full of 1e308 overflow.  Welch's t and the arms' ratio
+# do not change with the scale; only the displayed totals are scaled back.
+_COST_SAFE = (2.0**-500, 2.0**500)
+_SCALED_COST = """
 SELECT arm, fsum(cost * $scale), var_samp(cost * $scale)
-FROM lines WHERE kind = 0 AND cost IS NOT NULL GROUP BY arm
-"""
-
-# Durations of one arm ($arm) as numpy arrays: TTFT of any outcome, latency
-# of ok requests (NULL, masked, where absent); np.unique sorts and counts them
-_DURATIONS = """
-SELECT ttft, CASE WHEN outcome = 'ok' THEN lat END AS latency
-FROM lines WHERE kind = 0 AND arm = $arm AND (ttft IS NOT NULL OR (outcome = 'ok' AND lat IS NOT NULL))
-"""
-
-# Hedged first tokens (schema 2): TTFT p95 of the hedged and the rest, the
-# losers' estimated cost.  Only run when a line is hedged: each quantile sorts
-# an arm's TTFTs, and without hedges the rest is the arm's whole TTFT sample.
-_HEDGES = """
-SELECT arm, quantile_cont(ttft, 0.95) FILTER (hg),
-       quantile_cont(ttft, 0.95) FILTER (NOT hg), fsum(hcost) FILTER (hg)
-FROM lines WHERE kind = 0 GROUP BY arm
+FROM {source} WHERE kind = 0 AND cost IS NOT NULL GROUP BY arm
 """
 
 _MAX_EXAMPLES = 5
@@ -295,6 +304,7 @@ class Dataset:
     since: float | None = None
     route: str | None = None
     engine: Engine | None = field(default=None, repr=False)
+    reader: _Reader | None = field(default=None, repr=False)
 
     @property
     def requests(self) -> int:
@@ -316,6 +326,8 @@ class Dataset:
         requests, errors, ok with latency, latency p50, latency p95)."""
         if self.engine is None:
             raise ReportError("the dataset is closed")
+        if self.reader is not None:
+            self.reader.keep_lines()
         rows: list[tuple[str, int, int, int, Any, Any, int]] = self.engine.con.execute("""
             SELECT arm, (us - $t0) // $w AS b, count(*), count(*) FILTER (outcome <> 'ok'),
                    quantile_cont(lat, 0.5) FILTER (outcome = 'ok'),
@@ -337,7 +349,7 @@ def _since_us(since: float | str | _dt.datetime | None) -> tuple[float | None, i
 
 
 def load(sources: Iterable[Any] | Any = None, since: float | str | _dt.datetime | None = None,
-         route: str | None = None, memory_limit: str | None = None) -> Dataset:
+         route: str | None = None, memory_limit: str | None = None, keep_lines: bool = False) -> Dataset:
     """Read request logs into per-arm figures.
 
     ``sources``: paths, glob patterns (``'logs/*.jsonl.gz'``) and/or binary
@@ -345,8 +357,10 @@ def load(sources: Iterable[Any] | Any = None, since: float | str | _dt.datetime 
     be gzip.  ``since``: Unix seconds, an aware datetime or a ``--since``
     string; requests with ``ts`` earlier are filtered out.  ``route``: keep
     only that route.  ``memory_limit``: DuckDB's (e.g. ``"1GB"``); beyond it
-    DuckDB spills to a temp directory.  Close the result (or use it as a
-    context manager) to free DuckDB and its temp files.
+    DuckDB spills to a temp directory.  ``keep_lines``: keep a table of the
+    lines for ``Dataset.over_time`` (the HTML charts); without it a clean
+    log is read in one pass and nothing is kept but the figures.  Close the
+    result (or use it as a context manager) to free DuckDB and its temp files.
     """
     if sources is None or isinstance(sources, (str, bytes)) or hasattr(sources, "read") \
             or hasattr(sources, "__fspath__"):
@@ -359,70 +373,152 @@ def load(sources: Iterable[Any] | Any = None, since: float | str | _dt.datetime 
     try:
         inputs = resolve(sources, engine.tmp)
         ds.sources = inputs.names
-        counts = _classify(engine, inputs, since_us, route, ds)
-        _count(engine, inputs, ds, counts)
-        _per_arm(engine, ds)
+        reader = ds.reader = _Reader(engine, inputs, since_us, route)
+        rows = reader.summary(ds, keep_lines)
+        _count(engine, inputs, ds, rows)
+        _per_arm(reader, ds, rows)
     except BaseException:
         ds.close()
         raise
     return ds
 
 
-def _classify(engine: Engine, inputs: Inputs, since_us: int, route: str | None, ds: Dataset) -> dict[int, int]:
-    """Build ``lines``; returns the number of lines of each kind."""
-    import duckdb
+class _Reader:
+    """The inputs read into summary rows (``_summary_sql``), by the fastest
+    mode that can read them.  ``source`` is where the lines are afterwards:
+    the table ``lines``, or the strict scan's SQL, read again only for the
+    rare scaled cost moments."""
 
-    def run(typed: bool, quick: bool = False) -> None:
-        scans: list[str] = []
-        params: dict[str, Any] = {"since_us": since_us}
+    def __init__(self, engine: Engine, inputs: Inputs, since_us: int, route: str | None) -> None:
+        self.con = engine.con
+        self.engine = engine
+        self.inputs = inputs
+        self.route = route
+        self.params: dict[str, Any] = {"since_us": since_us}
         if route is not None:
-            params["route"] = route
-        for param, files, compression in (("plain", inputs.plain, "none"), ("gz", inputs.gzip, "gzip")):
+            self.params["route"] = route
+        self.source = "lines"
+        self.split = False  # the summary's token sums are split at 2^64 (see _summary_sql)
+        self.lines = 0      # lines the summary counted
+        self.mode = ""      # the read mode that read them (_MODES)
+
+    def _scans(self, mode: str, file: bool) -> str:
+        scans = []
+        for param, files, compression in (("plain", self.inputs.plain, "none"), ("gz", self.inputs.gzip, "gzip")):
             if files:
-                scans.append(_scan(param, compression, typed, route is not None, file=not quick))
-                params[param] = files
-        scans_sql = " UNION ALL ".join(scans)
-        sql = _quick_sql(scans_sql, route is not None) if quick else _classify_sql(scans_sql, typed, route is not None)
-        engine.con.execute("DROP TABLE IF EXISTS lines")
+                scans.append(_scan(param, compression, mode, self.route is not None, file=file))
+                self.params[param] = files
+            else:
+                self.params.pop(param, None)
+        return " UNION ALL ".join(scans)
+
+    def _table(self, sql: str, ordered: bool) -> None:
+        self.con.execute("DROP TABLE IF EXISTS lines")
         # Line numbers (rowid, for malformed lines) need the scan's order;
-        # the quick table's figures do not, and DuckDB builds it faster unordered.
-        engine.con.execute(f"SET preserve_insertion_order = {'false' if quick else 'true'}")
-        engine.con.execute(sql, params)
+        # the strict table's figures do not, and DuckDB builds it faster unordered.
+        self.con.execute(f"SET preserve_insertion_order = {'true' if ordered else 'false'}")
+        self.con.execute(f"CREATE TEMP TABLE lines AS {sql}", self.params)
+        self.source = "lines"
 
-    def kinds() -> dict[int, int]:
-        return dict(engine.con.execute("SELECT kind, count(*) FROM lines GROUP BY kind").fetchall())
+    def rows(self) -> list[tuple[Any, ...]]:
+        """The summary of ``self.source``; a HUGEINT sum beyond 2^127 is taken again, split."""
+        import duckdb
 
-    def run_any() -> dict[int, int]:
         try:
-            run(typed=True, quick=True)
-            counts = kinds()
-            if not counts.get(1):
-                return counts
-            run(typed=True)  # malformed lines: again, with their files and problems
-        except duckdb.InvalidInputException:  # a line that is not JSON, or a value of the wrong type
-            run(typed=False)
-        return kinds()
+            return self._summary(split=False)
+        except duckdb.OutOfRangeException:
+            return self._summary(split=True)
 
-    if not inputs.plain and not inputs.gzip:
-        raise ReportError("no input files", 1)
-    try:
-        return run_any()
-    except duckdb.IOException:
-        # A damaged gzip (truncated rotation, copy cut short) stops DuckDB's
-        # whole scan; read the gzip inputs in Python up to the damage instead.
-        problems = salvage_gzip(inputs, engine.tmp)
-        if not problems:
-            raise
-        ds.malformed += len(problems)
-        ds.lines += len(problems)
-        ds.malformed_examples.extend(problems[:_MAX_EXAMPLES])
-        return run_any()
-    except duckdb.Error as e:
-        raise ReportError(f"cannot read the logs: {e}", 1) from None
+    def _source(self) -> tuple[str, dict[str, Any]]:
+        """The lines to aggregate, as a FROM item, and its parameters."""
+        if self.source == "lines":
+            return "lines", {}
+        return f"({self.source})", self.params
+
+    def _summary(self, split: bool) -> list[tuple[Any, ...]]:
+        source, params = self._source()
+        cols = self.con.execute(_summary_sql(source, split), params).fetchnumpy()
+        self.split = split
+        rows = list(zip(*cols.values()))
+        self.lines = sum(int(r[2]) for r in rows)
+        return rows
+
+    def keep_lines(self) -> None:
+        """Make the table ``lines`` (for ``Dataset.over_time``) when the logs
+        were read in one pass without it: they are read again, and must not
+        have changed (a log still being written would add lines the figures
+        do not count)."""
+        if self.source == "lines":
+            return
+        self._table(self.source, ordered=False)
+        n = self.con.execute("SELECT count(*) FROM lines").fetchone()[0]
+        if n != self.lines:
+            raise ReportError(f"the logs changed while they were read ({self.lines:,} lines, then {n:,}); "
+                              "read them again with load(..., keep_lines=True)", 1)
+
+    def _strict(self, keep_lines: bool) -> list[tuple[Any, ...]]:
+        self.mode = "strict"
+        sql = _strict_sql(self._scans("strict", file=False), self.route is not None)
+        if keep_lines:
+            self._table(sql, ordered=False)
+        else:
+            self.con.execute("SET preserve_insertion_order = false")
+            self.source = sql
+        return self.rows()
+
+    def _classified(self, typed: bool) -> list[tuple[Any, ...]]:
+        self.mode = "typed" if typed else "text"
+        self._table(_classify_sql(self._scans("typed" if typed else "text", file=True), typed,
+                                  self.route is not None), ordered=True)
+        return self.rows()
+
+    def _any(self, keep_lines: bool) -> list[tuple[Any, ...]]:
+        import duckdb
+
+        try:
+            rows = self._strict(keep_lines)
+            if not any(r[0] == 1 for r in rows):
+                return rows
+            # malformed lines: read again, with their files and problems
+        except duckdb.InvalidInputException:  # not JSON, or a value the strict types refuse
+            pass
+        try:
+            return self._classified(typed=True)
+        except duckdb.InvalidInputException:  # not JSON, or a value of the wrong type
+            return self._classified(typed=False)
+
+    def summary(self, ds: Dataset, keep_lines: bool) -> list[tuple[Any, ...]]:
+        import duckdb
+
+        if not self.inputs.plain and not self.inputs.gzip:
+            raise ReportError("no input files", 1)
+        try:
+            try:
+                return self._any(keep_lines)
+            except duckdb.IOException:
+                # A damaged gzip (truncated rotation, copy cut short) stops DuckDB's
+                # whole scan; read the gzip inputs in Python up to the damage instead.
+                problems = salvage_gzip(self.inputs, self.engine.tmp)
+                if not problems:
+                    raise
+                ds.malformed += len(problems)
+                ds.lines += len(problems)
+                ds.malformed_examples.extend(problems[:_MAX_EXAMPLES])
+                return self._any(keep_lines)
+        except duckdb.Error as e:
+            raise ReportError(f"cannot read the logs: {e}", 1) from None
+
+    def scaled_costs(self, scale: float) -> list[tuple[str, float, float | None]]:
+        source, params = self._source()
+        rows: list[tuple[str, float, float | None]] = self.con.execute(
+            _SCALED_COST.format(source=source), {**params, "scale": scale}).fetchall()
+        return rows
 
 
-def _count(engine: Engine, inputs: Inputs, ds: Dataset, counts: dict[int, int]) -> None:
-    con = engine.con
+def _count(engine: Engine, inputs: Inputs, ds: Dataset, rows: list[tuple[Any, ...]]) -> None:
+    counts: dict[int, int] = {}
+    for row in rows:
+        counts[int(row[0])] = counts.get(int(row[0]), 0) + int(row[2])
     ds.lines += sum(counts.values())
     ds.malformed += counts.get(1, 0)
     ds.skipped += counts.get(2, 0)
@@ -432,66 +528,70 @@ def _count(engine: Engine, inputs: Inputs, ds: Dataset, counts: dict[int, int]) 
     if counts.get(1) and room > 0:
         # rowid follows the scan order (DuckDB preserves insertion order), so
         # the line number is the row's place in its file, blank lines not counted
-        rows = con.execute("""
+        found = engine.con.execute("""
             SELECT file, rowid - (SELECT min(rowid) FROM lines l2 WHERE l2.file = l.file) + 1, problem
             FROM lines l WHERE kind = 1 ORDER BY rowid LIMIT $room""", {"room": room}).fetchall()
-        ds.malformed_examples.extend(f"{inputs.display.get(f, f)}:{n}: {why}" for f, n, why in rows)
+        ds.malformed_examples.extend(f"{inputs.display.get(f, f)}:{n}: {why}" for f, n, why in found)
 
 
-def _per_arm(engine: Engine, ds: Dataset) -> None:
-    import duckdb
+def _array(lists: Any) -> Any:
+    """The values of list columns (NULL, masked, where a FILTER left none) as one float64 array."""
     import numpy as np
 
-    con = engine.con
-    split = False
-    try:
-        rows = con.execute(_per_arm_sql(split)).fetchall()
-    except duckdb.OutOfRangeException:  # a token sum beyond 2^127
-        split = True
-        rows = con.execute(_per_arm_sql(split)).fetchall()
-    unit = _TWO64 if split else 1
+    parts = [x for x in lists if x is not None and x is not np.ma.masked]
+    return np.concatenate(parts).astype(np.float64, copy=False) if parts else np.empty(0)
+
+
+def _sample(values: Any) -> Sample:
+    import numpy as np
+
+    distinct, counts = np.unique(values, return_counts=True)
+    return Sample(distinct, counts)
+
+
+def _per_arm(reader: _Reader, ds: Dataset, rows: list[tuple[Any, ...]]) -> None:
+    unit = _TWO64 if reader.split else 1
 
     def join(hi: Any, lo: Any) -> int:
         return int(hi or 0) * unit + int(lo or 0)
 
+    def present(x: Any) -> bool:
+        import numpy as np
+
+        return x is not None and x is not np.ma.masked
+
     max_cost = 0.0
-    for (arm, outcome, n, fallbacks, hedged, first, last, pt_hi, pt_lo, ct_hi, ct_lo, pct_hi, pct_lo,
-         priced, arm_max_cost) in rows:
-        a = ds.arms.get(arm)
-        if a is None:
-            a = ds.arms[arm] = ArmData(name=arm, first_us=first, last_us=last)
-        a.requests += n
-        a.outcomes[outcome] = n
-        if outcome == "ok":
-            a.successes = n
-        a.fallbacks += fallbacks
-        a.hedged += hedged
-        a.first_us, a.last_us = min(a.first_us, first), max(a.last_us, last)
-        a.prompt_tokens += join(pt_hi, pt_lo)
-        a.completion_tokens += join(ct_hi, ct_lo)
-        a.priced_completion_tokens += join(pct_hi, pct_lo)
-        a.priced += priced
-        max_cost = max(max_cost, arm_max_cost or 0.0)
+    cost_sums: dict[str, tuple[float, float | None]] = {}
+    for (kind, arm, n, outcomes, fallbacks, hedged, first, last, pt_hi, pt_lo, ct_hi, ct_lo, pct_hi, pct_lo,
+         priced, arm_max_cost, cost_sum, cost_var, hedge_cost, ttft_hedged, ttft_rest, latency) in rows:
+        if kind != 0:
+            continue
+        a = ds.arms[arm] = ArmData(name=arm, requests=int(n), first_us=int(first), last_us=int(last))
+        a.outcomes = {k: int(v) for k, v in sorted(outcomes.items())}
+        a.successes = a.outcomes.get("ok", 0)
+        a.fallbacks, a.hedged, a.priced = int(fallbacks), int(hedged), int(priced)
+        a.prompt_tokens = join(pt_hi, pt_lo)
+        a.completion_tokens = join(ct_hi, ct_lo)
+        a.priced_completion_tokens = join(pct_hi, pct_lo)
+        if priced:
+            max_cost = max(max_cost, float(arm_max_cost))
+            cost_sums[arm] = (float(cost_sum), float(cost_var) if present(cost_var) else None)
+        hedged_ttft, rest_ttft = _array([ttft_hedged]), _array([ttft_rest])
+        a.ttft = _sample(_array([hedged_ttft, rest_ttft]))
+        a.latency = _sample(_array([latency]))
+        if a.hedged:
+            a.ttft_p95_hedged_ms = percentile(_sample(hedged_ttft), 95)
+            a.ttft_p95_unhedged_ms = percentile(_sample(rest_ttft), 95)
+            a.hedge_cost_usd = float(hedge_cost) if present(hedge_cost) else 0.0
+        else:  # no hedges (schema 1, or none needed): the rest is every TTFT
+            a.ttft_p95_unhedged_ms = percentile(a.ttft, 95)
     if not ds.arms:
         return
-    exp = math.frexp(max_cost)[1] if max_cost > 0 else 0
-    for arm, total, var in con.execute(_COST, {"scale": math.ldexp(1.0, -exp)}).fetchall():
-        a = ds.arms[arm]
-        a.cost_sum_scaled, a.cost_var_scaled = total, (var if var is not None else math.nan)
-    for a in ds.arms.values():
-        a.cost_exp = exp
+    exp = 0
+    overflowed = not all(math.isfinite(x) for pair in cost_sums.values() for x in pair if x is not None)
+    if overflowed or (max_cost > 0 and not _COST_SAFE[0] <= max_cost < _COST_SAFE[1]):
+        exp = math.frexp(max_cost)[1]
+        cost_sums = {arm: (total, var) for arm, total, var in reader.scaled_costs(math.ldexp(1.0, -exp))}
     for name, a in ds.arms.items():
-        cols = con.execute(_DURATIONS, {"arm": name}).fetchnumpy()
-        for metric in ("ttft", "latency"):
-            col = cols[metric]
-            values = np.asarray(col.compressed() if np.ma.isMaskedArray(col) else col, dtype=np.float64)
-            distinct, counts = np.unique(values, return_counts=True)
-            setattr(a, metric, Sample(distinct, counts))
-    if any(a.hedged for a in ds.arms.values()):
-        for arm, p95_hedged, p95_rest, hedge_cost in con.execute(_HEDGES).fetchall():
-            a = ds.arms[arm]
-            a.ttft_p95_hedged_ms, a.ttft_p95_unhedged_ms = p95_hedged, p95_rest
-            a.hedge_cost_usd = hedge_cost or 0.0
-    else:  # no hedges (schema 1): the rest is every TTFT, whose p95 the Sample gives
-        for a in ds.arms.values():
-            a.ttft_p95_unhedged_ms = percentile(a.ttft, 95)
+        total, var = cost_sums.get(name, (0.0, None))
+        a.cost_exp, a.cost_sum_scaled, a.cost_var_scaled = exp, total, (math.nan if var is None else var)

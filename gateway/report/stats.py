@@ -81,8 +81,8 @@ class Sample:
     It indexes like the sorted sample (``s[i]`` is the (i+1)-th smallest
     value, ``len(s)`` the sample size), so ``percentile`` and ``median_se``
     read order statistics from it directly.  Logs keep 0.1 ms resolution, so
-    a million durations have a few ten thousand distinct values: DuckDB
-    groups them, and only the groups cross into Python.
+    a million durations have a few ten thousand distinct values, and the
+    statistics work on those.
     """
 
     __slots__ = ("values", "counts", "cum", "n")
