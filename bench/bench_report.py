@@ -171,6 +171,10 @@ def compare(label: str, pattern: str, lines: int | None, rounds: int, with_floor
     speed = f"  ({lines / rw / 1e3:,.0f}k lines/s)" if lines else ""
     print(f"[{label}] report: {rw:.2f} s, DuckDB alone: {bw:.2f} s, ratio {rw / bw:.2f}x{speed}; "
           f"CPU {rc_:.2f} s vs {bc:.2f} s, ratio {rc_ / bc:.2f}x")
+    # each round's ratio: a slow spell of the machine slows both of a round alike
+    paired = statistics.median(t[0] / b[0] for t, b in zip(took, base))
+    paired_cpu = statistics.median(t[1] / b[1] for t, b in zip(took, base))
+    print(f"    median of the rounds' own ratios: wall {paired:.2f}x, CPU {paired_cpu:.2f}x")
     print(f"    wall per round: report {' '.join(f'{x[0]:.2f}' for x in took)}"
           f" / alone {' '.join(f'{x[0]:.2f}' for x in base)}")
     if floors:
