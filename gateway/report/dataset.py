@@ -448,11 +448,19 @@ class _Reader:
         were read in one pass without it: they are read again, and must not
         have changed (a log still being written would add lines the figures
         do not count)."""
+        import duckdb
+
         if self.source == "lines":
             return
-        self._table(self.source, ordered=False)
-        n = self.con.execute("SELECT count(*) FROM lines").fetchone()[0]
+        scan = self.source
+        try:
+            self._table(scan, ordered=False)
+            n = self.con.execute("SELECT count(*) FROM lines").fetchone()[0]
+        except duckdb.Error as e:
+            self.source = scan
+            raise ReportError(f"cannot read the logs again: {e}", 1) from None
         if n != self.lines:
+            self.source = scan  # the next call tries again, rather than chart the wrong lines
             raise ReportError(f"the logs changed while they were read ({self.lines:,} lines, then {n:,}); "
                               "read them again with load(..., keep_lines=True)", 1)
 
