@@ -1,8 +1,8 @@
 """Request logs read by DuckDB into per-arm figures.  A clean log takes one
 pass: every line classified (counted, malformed, skipped, filtered, without
 arm) and aggregated per arm in the same statement, nothing kept but the
-figures.  A log with malformed lines, or values the fast path's types refuse,
-is read into a table first, which names each problem with its file and line."""
+figures.  A log with malformed lines is read again into a table, which names
+each problem with its file and line."""
 
 from __future__ import annotations
 
@@ -54,92 +54,87 @@ def utc_of_us(us: int) -> _dt.datetime:
 
 
 # Every field the report reads, by name; other fields (the schema grows) are
-# never read.  DuckDB reads them in one of three modes:
+# never read.  DuckDB reads them in one of two modes:
 #
-# * strict (the fast path): each field in its own type, and stricter than
-#   the report needs: ``ts`` as the gateway writes it (``%Y-%m-%dT%H:%M:%S.%fZ``,
-#   any fraction of 1-6 digits), token counts as BIGINT.  DuckDB stops at the
-#   first line that is not JSON or holds a value these types refuse;
-# * typed (taken when the strict scan stopped, or to name malformed lines):
-#   ``ts`` as text, token counts as HUGEINT; DuckDB stops as above;
-# * text (taken when the typed scan stopped): every field as VARCHAR, which
-#   never fails to convert, so each bad line is counted as malformed with its
-#   reason; the text of a number is cast below.
+# * typed (the fast path): each field in its own type; DuckDB stops at the
+#   first line that is not JSON or holds a value it cannot convert;
+# * text (the strict path, taken only when the typed scan stopped): every
+#   field as VARCHAR, which never fails to convert, so each bad line is
+#   counted as malformed with its reason; the text of a number is cast below.
 #
-# A value a stricter mode accepts is read as the laxer modes read it (held
-# line by line by tests/test_report_inputs.py), so all three give the same
-# figures for a log all three can read.  None can tell a missing field from a
+# A line the typed reader accepts is read alike by the text path (``_value``
+# converts as the reader does; held line by line by
+# tests/test_report_inputs.py), so a log's figures do not depend on whether
+# another of its lines is not JSON.  Neither can tell a missing field from a
 # null one: DuckDB's reader yields NULL for both.
 _FIELDS = ("event", "schema", "ts", "route", "arm", "outcome", "ttft_ms", "latency_ms",
            "prompt_tokens", "completion_tokens", "cost_usd", "fallback_used", "hedged", "hedge_cost_usd")
 _TYPES = {"schema": "BIGINT", "ttft_ms": "DOUBLE", "latency_ms": "DOUBLE", "cost_usd": "DOUBLE",
           "prompt_tokens": "HUGEINT", "completion_tokens": "HUGEINT", "fallback_used": "BOOLEAN",
           "hedged": "BOOLEAN", "hedge_cost_usd": "DOUBLE"}
-# Reading ``ts`` as TIMESTAMP with a format saves its text; BIGINT counts
-# convert faster than HUGEINT (together about a fifth of the scan's work).
-_STRICT_TYPES = {**_TYPES, "ts": "TIMESTAMP", "prompt_tokens": "BIGINT", "completion_tokens": "BIGINT"}
-_TS_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
-_MODES = ("strict", "typed", "text")
 
 
-def _columns(mode: str, route: bool) -> str:
-    types = {"strict": _STRICT_TYPES, "typed": _TYPES, "text": {}}[mode]
+def _columns(typed: bool, route: bool) -> str:
     fields = [f for f in _FIELDS if route or f != "route"]  # route is read only to filter on it
-    return "{" + ", ".join(f"'{f}': '{types.get(f, 'VARCHAR')}'" for f in fields) + "}"
+    return "{" + ", ".join(f"'{f}': '{_TYPES.get(f, 'VARCHAR') if typed else 'VARCHAR'}'"
+                           for f in fields) + "}"
 
 
-def _scan(param: str, compression: str, mode: str, route: bool, file: bool = True) -> str:
-    """read_ndjson of the files in ``$param`` in one of the ``_MODES``;
-    ``file``: with each line's file name (only needed to name a malformed line)."""
+def _scan(param: str, compression: str, typed: bool, route: bool, file: bool = True) -> str:
+    """read_ndjson of the files in ``$param``; ``file``: with each line's
+    file name (only needed to name a malformed line)."""
     head = "SELECT filename AS file, * EXCLUDE (filename)" if file else "SELECT *"
-    ts_format = f"timestampformat = '{_TS_FORMAT}', " if mode == "strict" else ""
     return (f"{head} FROM read_ndjson(${param}, "
-            f"columns = {_columns(mode, route)}, records = true, format = 'newline_delimited', {ts_format}"
-            f"ignore_errors = {'true' if mode == 'text' else 'false'}, filename = {'true' if file else 'false'}, "
+            f"columns = {_columns(typed, route)}, records = true, format = 'newline_delimited', "
+            f"ignore_errors = {'false' if typed else 'true'}, filename = {'true' if file else 'false'}, "
             f"compression = '{compression}')")
 
 
 def _value(f: str, typed: bool) -> str:
-    """The field in its type: as read (typed mode) or cast from its text."""
-    return f if typed else f"TRY_CAST({f} AS {_TYPES[f]})"
+    """The field in its type: as read (typed mode) or cast from its text as
+    the typed reader converts the JSON value: a boolean to a number as 1 or
+    0, a number to a boolean as not zero, a string by DuckDB's cast."""
+    if typed:
+        return f
+    if _TYPES[f] == "BOOLEAN":
+        return f"coalesce(TRY_CAST({f} AS BOOLEAN), TRY_CAST({f} AS DOUBLE) <> 0)"
+    return f"TRY_CAST(CASE {f} WHEN 'true' THEN '1' WHEN 'false' THEN '0' ELSE {f} END AS {_TYPES[f]})"
 
 
 def _quoted(f: str) -> str:
     return f"'bad value for ''{f}'': ' || left({f}::VARCHAR, 40)"
 
 
-# Unix microseconds of the RFC 3339 ``ts`` (surrounding white space allowed,
-# as the strict scan's TIMESTAMP format allows it), or NULL.  An explicit
-# offset is required.  A leap second (``:60``, which TIMESTAMPTZ rejects) is
-# read as the last microsecond of its minute; years outside 0001-9999 (RFC
-# 3339's range, and Python's) make the line malformed rather than crash later.
-_WHITE_SPACE = "' ' || chr(9) || chr(10) || chr(11) || chr(12) || chr(13)"
+# Unix microseconds of the RFC 3339 ``ts``, or NULL.  An explicit offset is
+# required.  A leap second (``:60``, which TIMESTAMPTZ rejects) is read as
+# the last microsecond of its minute; years outside 0001-9999 (RFC 3339's
+# range, and Python's) make the line malformed rather than crash later.
 _TS_US = r"""
 epoch_us(CASE
-  WHEN CASE WHEN suffix(ts_text, 'Z') THEN TRUE WHEN suffix(ts_text, 'z') THEN TRUE  -- a CASE, not OR:
-            ELSE substr(ts_text, length(ts_text) - 5, 1) IN ('+', '-') END         -- 'Z' ends the test
+  WHEN CASE WHEN suffix(ts, 'Z') THEN TRUE WHEN suffix(ts, 'z') THEN TRUE  -- a CASE, not OR: the
+            ELSE substr(ts, length(ts) - 5, 1) IN ('+', '-') END             -- common 'Z' ends the test
   THEN coalesce(
-    TRY_CAST(ts_text AS TIMESTAMPTZ),
-    CASE WHEN substr(ts_text, 18, 2) = '60'
-         THEN TRY_CAST(regexp_replace(ts_text, '^(.{17})60(\.[0-9]*)?', '\159.999999') AS TIMESTAMPTZ)
+    TRY_CAST(ts AS TIMESTAMPTZ),
+    CASE WHEN substr(ts, 18, 2) = '60'
+         THEN TRY_CAST(regexp_replace(ts, '^(.{17})60(\.[0-9]*)?', '\159.999999') AS TIMESTAMPTZ)
     END)
 END)"""
 _US_MIN = -62135596800 * 10**6                # 0001-01-01T00:00:00Z
 _US_MAX = 253402300799 * 10**6 + 999999       # 9999-12-31T23:59:59.999999Z
 
 
-def _strict_sql(scans: str, route: bool) -> str:
-    """The fast path's lines: every field in its strict type, and the kind of
-    each line (as in ``_classify_sql``) from the same checks written as one
-    boolean, without the line's file or the text of its problem.  Both are
-    only needed to show malformed lines: when there are any, ``_classify_sql``
+def _quick_sql(scans: str, route: bool) -> str:
+    """The fast path's lines: typed fields only, and the kind of each line
+    (as in ``_classify_sql``) from the same checks written as one boolean,
+    without the line's file or the text of its problem.  Both are only
+    needed to show malformed lines: when there are any, ``_classify_sql``
     reads the logs again for them."""
     def bad(f: str) -> str:
         return f"({f} IS NOT NULL AND NOT coalesce({f} >= 0 AND isfinite({f}), false))"
     route_filter = "route IS DISTINCT FROM $route" if route else "FALSE"
     return f"""
 WITH raw AS ({scans}),
-typed AS (SELECT *, epoch_us(ts) AS us FROM raw)
+typed AS (SELECT *, {_TS_US} AS us FROM raw)
 SELECT arm, outcome, us, ttft_ms AS ttft, latency_ms AS lat, cost_usd AS cost,
   prompt_tokens AS pt, completion_tokens AS ct, fallback_used AS fb,
   coalesce(hedged, false) AS hg,  -- schema 2; a schema-1 line has none (not hedged, no extra cost)
@@ -148,7 +143,7 @@ SELECT arm, outcome, us, ttft_ms AS ttft, latency_ms AS lat, cost_usd AS cost,
        WHEN event <> 'request' THEN 2
        WHEN schema IS NULL THEN 1
        WHEN schema < 1 THEN 2
-       WHEN us IS NULL OR outcome IS NULL OR fallback_used IS NULL
+       WHEN ts IS NULL OR outcome IS NULL OR fallback_used IS NULL OR us IS NULL
          OR us < {_US_MIN} OR us > {_US_MAX}
          OR {bad("ttft_ms")} OR {bad("latency_ms")} OR {bad("cost_usd")}
          OR (prompt_tokens IS NOT NULL AND NOT coalesce(prompt_tokens >= 0, false))
@@ -165,19 +160,18 @@ def _classify_sql(scans: str, typed: bool, route: bool) -> str:
     kind 0 counted, 1 malformed (with its ``problem``), 2 skipped (another
     event or schema), 3 filtered (--since / --route), 4 without arm."""
     v = lambda f: _value(f, typed)  # noqa: E731
-    fb_bad = "FALSE" if typed else "fallback_used NOT IN ('true', 'false')"
-    fb = "fallback_used" if typed else "fallback_used = 'true'"
+    fb = v("fallback_used")
+    fb_bad = "FALSE" if typed else f"{fb} IS NULL"
     # Schema 2's hedging fields; a schema-1 line has none (null: not hedged, no extra cost).
-    hg = "coalesce(hedged, false)" if typed else "coalesce(hedged = 'true', false)"
+    hg = f"coalesce({v('hedged')}, false)"
     route_filter = "route IS DISTINCT FROM $route" if route else "FALSE"
     return f"""
 WITH raw AS ({scans}),
-trimmed AS (SELECT *, trim(ts, {_WHITE_SPACE}) AS ts_text FROM raw),
 typed AS (
   SELECT *, {v("schema")} AS schema_i, {_TS_US} AS us, {v("ttft_ms")} AS ttft, {v("latency_ms")} AS lat,
          {v("cost_usd")} AS cost, {v("prompt_tokens")} AS pt, {v("completion_tokens")} AS ct,
          {v("hedge_cost_usd")} AS hcost
-  FROM trimmed
+  FROM raw
 ),
 judged AS (
   -- a failed cast is NULL, so every check on a value is coalesced to false
@@ -211,24 +205,24 @@ FROM judged
 """
 
 
-# Token sums are exact: DuckDB sums counts in HUGEINT (a strict scan's
-# BIGINT counts cannot overflow it).  Should a sum of HUGEINT counts pass
-# 2^127, each count is split at 2^64 so neither half's sum can overflow, and
+# Token sums are exact: DuckDB sums HUGEINT counts (each up to 2^127) in
+# HUGEINT.  Should a sum pass 2^127, each count is split at 2^64 so neither half's sum can overflow, and
 # the halves are joined in Python's integers.
 _TWO64 = 2**64
 
 
 def _summary_sql(source: str, split: bool) -> str:
-    """Everything the report needs from the lines of ``source`` (the strict
+    """Everything the report needs from the lines of ``source`` (the quick
     scan, or the table ``lines``), one row per kind and arm, in one pass: the
     counts, sums and extremes, the outcomes, the cost moments, and the
     durations themselves (the statistics need whole samples): TTFT of any
     outcome, hedged and not, and latency of ok requests.  Only kind 0's
     figures are used; the other kinds are counted."""
-    def tokens(col: str, cond: str = "TRUE") -> str:
+    def tokens(col: str, cond: str = "") -> str:
+        where = f" FILTER ({cond})" if cond else ""
         if not split:
-            return f"sum({col}) FILTER ({cond}), 0"
-        return f"sum({col} // {_TWO64}) FILTER ({cond}), sum({col} % {_TWO64}) FILTER ({cond})"
+            return f"sum({col}){where}, 0"
+        return f"sum({col} // {_TWO64}){where}, sum({col} % {_TWO64}){where}"
     return f"""
 SELECT kind, arm, count(*), histogram(outcome), count(*) FILTER (fb), count(*) FILTER (hg), min(us), max(us),
        {tokens("pt")}, {tokens("ct")}, {tokens("ct", "cost IS NOT NULL")},
@@ -384,10 +378,10 @@ def load(sources: Iterable[Any] | Any = None, since: float | str | _dt.datetime 
 
 
 class _Reader:
-    """The inputs read into summary rows (``_summary_sql``), by the fastest
-    mode that can read them.  ``source`` is where the lines are afterwards:
-    the table ``lines``, or the strict scan's SQL, read again only for the
-    rare scaled cost moments."""
+    """The inputs read into summary rows (``_summary_sql``), the fastest way
+    that can read them.  ``source`` is where the lines are afterwards: the
+    table ``lines``, or the quick scan's SQL, read again only for the rare
+    scaled cost moments or the charts."""
 
     def __init__(self, engine: Engine, inputs: Inputs, since_us: int, route: str | None) -> None:
         self.con = engine.con
@@ -400,13 +394,13 @@ class _Reader:
         self.source = "lines"
         self.split = False  # the summary's token sums are split at 2^64 (see _summary_sql)
         self.lines = 0      # lines the summary counted
-        self.mode = ""      # the read mode that read them (_MODES)
+        self.mode = ""      # how they were read: "quick" (one pass), "typed" or "text" (a table)
 
-    def _scans(self, mode: str, file: bool) -> str:
+    def _scans(self, typed: bool, file: bool) -> str:
         scans = []
         for param, files, compression in (("plain", self.inputs.plain, "none"), ("gz", self.inputs.gzip, "gzip")):
             if files:
-                scans.append(_scan(param, compression, mode, self.route is not None, file=file))
+                scans.append(_scan(param, compression, typed, self.route is not None, file=file))
                 self.params[param] = files
             else:
                 self.params.pop(param, None)
@@ -415,7 +409,7 @@ class _Reader:
     def _table(self, sql: str, ordered: bool) -> None:
         self.con.execute("DROP TABLE IF EXISTS lines")
         # Line numbers (rowid, for malformed lines) need the scan's order;
-        # the strict table's figures do not, and DuckDB builds it faster unordered.
+        # the quick table's figures do not, and DuckDB builds it faster unordered.
         self.con.execute(f"SET preserve_insertion_order = {'true' if ordered else 'false'}")
         self.con.execute(f"CREATE TEMP TABLE lines AS {sql}", self.params)
         self.source = "lines"
@@ -464,9 +458,9 @@ class _Reader:
             raise ReportError(f"the logs changed while they were read ({self.lines:,} lines, then {n:,}); "
                               "read them again with load(..., keep_lines=True)", 1)
 
-    def _strict(self, keep_lines: bool) -> list[tuple[Any, ...]]:
-        self.mode = "strict"
-        sql = _strict_sql(self._scans("strict", file=False), self.route is not None)
+    def _quick(self, keep_lines: bool) -> list[tuple[Any, ...]]:
+        self.mode = "quick"
+        sql = _quick_sql(self._scans(typed=True, file=False), self.route is not None)
         if keep_lines:
             self._table(sql, ordered=False)
         else:
@@ -476,23 +470,18 @@ class _Reader:
 
     def _classified(self, typed: bool) -> list[tuple[Any, ...]]:
         self.mode = "typed" if typed else "text"
-        self._table(_classify_sql(self._scans("typed" if typed else "text", file=True), typed,
-                                  self.route is not None), ordered=True)
+        self._table(_classify_sql(self._scans(typed, file=True), typed, self.route is not None), ordered=True)
         return self.rows()
 
     def _any(self, keep_lines: bool) -> list[tuple[Any, ...]]:
         import duckdb
 
         try:
-            rows = self._strict(keep_lines)
+            rows = self._quick(keep_lines)
             if not any(r[0] == 1 for r in rows):
                 return rows
-            # malformed lines: read again, with their files and problems
-        except duckdb.InvalidInputException:  # not JSON, or a value the strict types refuse
-            pass
-        try:
-            return self._classified(typed=True)
-        except duckdb.InvalidInputException:  # not JSON, or a value of the wrong type
+            return self._classified(typed=True)  # malformed lines: again, with their files and problems
+        except duckdb.InvalidInputException:  # a line that is not JSON, or a value of the wrong type
             return self._classified(typed=False)
 
     def summary(self, ds: Dataset, keep_lines: bool) -> list[tuple[Any, ...]]:
