@@ -207,8 +207,8 @@ FROM judged
 
 
 # Token sums are exact: DuckDB sums HUGEINT counts (each up to 2^127) in
-# HUGEINT.  Should a sum pass 2^127, each count is split at 2^64 so neither half's sum can overflow, and
-# the halves are joined in Python's integers.
+# HUGEINT.  Should a sum pass 2^127, each count is split at 2^64 so neither
+# half's sum can overflow, and the halves are joined in Python's integers.
 _TWO64 = 2**64
 
 
