@@ -532,37 +532,32 @@ def _count(engine: Engine, inputs: Inputs, ds: Dataset, rows: list[tuple[Any, ..
         ds.malformed_examples.extend(f"{inputs.display.get(f, f)}:{n}: {why}" for f, n, why in found)
 
 
-def _array(*lists: Any) -> Any:
-    """The values of list columns (NULL, masked, where a FILTER left none) as one float64 array."""
+def _present(x: Any) -> bool:
+    """A value of a fetched column: not NULL (masked by fetchnumpy, or None)."""
     import numpy as np
 
-    parts = [x for x in lists if x is not None and x is not np.ma.masked]
+    return x is not None and x is not np.ma.masked
+
+
+def _array(*lists: Any) -> Any:
+    """The values of list columns (NULL where a FILTER left none) as one float64 array."""
+    import numpy as np
+
+    parts = [x for x in lists if _present(x)]
     if len(parts) == 1:
         return np.asarray(parts[0], dtype=np.float64)
     return np.concatenate(parts).astype(np.float64, copy=False) if parts else np.empty(0)
 
 
-def _sample(values: Any) -> Sample:
-    """Distinct values and their counts, from one sorted copy (np.unique
-    would copy twice)."""
-    import numpy as np
-
-    ordered = np.sort(values)
-    if not len(ordered):
-        return Sample(ordered, np.empty(0, dtype=np.int64))
-    starts = np.flatnonzero(np.concatenate(([True], ordered[1:] != ordered[:-1])))
-    return Sample(ordered[starts], np.diff(np.append(starts, len(ordered))))
-
-
 def _samples(arrays: list[Any]) -> list[Sample]:
-    """``_sample`` of each, two or more at a time: numpy sorts without the
+    """``Sample.of`` each, two or more at a time: numpy sorts without the
     GIL, and the machine's cores are idle once DuckDB is done."""
     if len(arrays) < 2:
-        return [_sample(a) for a in arrays]
+        return [Sample.of(a) for a in arrays]
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(max_workers=min(len(arrays), os.cpu_count() or 1)) as pool:
-        return list(pool.map(_sample, arrays))
+        return list(pool.map(Sample.of, arrays))
 
 
 def _per_arm(reader: _Reader, ds: Dataset, rows: list[tuple[Any, ...]]) -> None:
@@ -570,11 +565,6 @@ def _per_arm(reader: _Reader, ds: Dataset, rows: list[tuple[Any, ...]]) -> None:
 
     def join(hi: Any, lo: Any) -> int:
         return int(hi or 0) * unit + int(lo or 0)
-
-    def present(x: Any) -> bool:
-        import numpy as np
-
-        return x is not None and x is not np.ma.masked
 
     max_cost = 0.0
     cost_sums: dict[str, tuple[float, float | None]] = {}
@@ -593,11 +583,11 @@ def _per_arm(reader: _Reader, ds: Dataset, rows: list[tuple[Any, ...]]) -> None:
         a.priced_completion_tokens = join(pct_hi, pct_lo)
         if priced:
             max_cost = max(max_cost, float(arm_max_cost))
-            cost_sums[arm] = (float(cost_sum), float(cost_var) if present(cost_var) else None)
+            cost_sums[arm] = (float(cost_sum), float(cost_var) if _present(cost_var) else None)
         durations[arm] = [_array(ttft_hedged, ttft_rest), _array(latency)]
         if a.hedged:
             durations[arm] += [_array(ttft_hedged), _array(ttft_rest)]
-            a.hedge_cost_usd = float(hedge_cost) if present(hedge_cost) else 0.0
+            a.hedge_cost_usd = float(hedge_cost) if _present(hedge_cost) else 0.0
     samples = iter(_samples([x for arrays in durations.values() for x in arrays]))
     for arm in durations:
         a = ds.arms[arm]

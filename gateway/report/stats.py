@@ -97,7 +97,9 @@ class Sample:
     def of(cls, xs: Any) -> Sample:
         if isinstance(xs, Sample):
             return xs
-        values, counts = np.unique(np.asarray(list(xs), dtype=np.float64), return_counts=True)
+        # an array as it is: list() of a million floats costs more than the sort
+        xs = np.asarray(xs if isinstance(xs, np.ndarray) else list(xs), dtype=np.float64)
+        values, counts = np.unique(xs, return_counts=True)
         return cls(values, counts)
 
     def __len__(self) -> int:
