@@ -198,24 +198,31 @@ def nginx_conf(prefix: Path, port: int, upstream: str) -> str:
         """)
 
 
-def gateway_config(tmp: Path, mock_url: str, max_connections: int | None = None) -> Path:
-    """A gateway config in `tmp` whose only provider is the mock, on route `chat`, logging to `tmp`."""
-    pool = f"max_connections = {max_connections}" if max_connections is not None else ""
+def gateway_config(tmp: Path, mock_url: str, *, server: dict | None = None, provider: dict | None = None,
+                   timeouts: dict | None = None) -> Path:
+    """A gateway config in `tmp` whose only provider is the mock, on route `chat`, logging to `tmp`;
+    `server`, `provider` and `timeouts` add settings to [server], [providers.mock] and its timeouts."""
+    def lines(settings: dict | None) -> str:
+        return "\n".join(f"{key} = {value}" for key, value in (settings or {}).items())
+
     config = tmp / "gateway.toml"
-    config.write_text(textwrap.dedent(f"""
-        [server]
-        host = "127.0.0.1"
-        port = 0
-        [log]
-        path = "{tmp / 'requests.log'}"
-        [providers.mock]
-        dialect = "openai"
-        base_url = "{mock_url}/oa/v1"
-        forward_headers = ["x-mock-"]
-        {pool}
-        [routes.chat]
-        arms = [{{ name = "only", provider = "mock", model = "m", weight = 100 }}]
-        """))
+    config.write_text(f"""
+[server]
+host = "127.0.0.1"
+port = 0
+{lines(server)}
+[log]
+path = "{tmp / 'requests.log'}"
+[providers.mock]
+dialect = "openai"
+base_url = "{mock_url}/oa/v1"
+forward_headers = ["x-mock-"]
+{lines(provider)}
+[providers.mock.timeouts]
+{lines(timeouts)}
+[routes.chat]
+arms = [{{ name = "only", provider = "mock", model = "m", weight = 100 }}]
+""")
     return config
 
 
@@ -434,7 +441,7 @@ def main() -> None:
         # are unbounded; the gateway's own default (100) queues streams beyond it (`--pool 100` measures that).
         pool = args.pool or max(load["concurrency"] for load in loads_for(args))
         info["gateway_provider_max_connections"] = pool
-        config = gateway_config(tmp, mock_url, pool)
+        config = gateway_config(tmp, mock_url, provider={"max_connections": pool})
         gw_body = {"model": "chat", "messages": messages, "stream": True}
         for name, extra in (("gateway", []), ("gateway-w2", ["--workers", "2"])):
             if name in targets:

@@ -49,12 +49,12 @@ import signal
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_edge import ROOT, cpu_seconds, fmt, machine, start, stop  # noqa: E402
+from bench_edge import gateway_config as bench_edge_config  # noqa: E402
 
 KEEP_ALIVE = b": keep-alive"
 
@@ -161,28 +161,10 @@ def spread(values: list[float]) -> dict:
 # --- the run ---
 
 def gateway_config(tmp: Path, mock_url: str, args: argparse.Namespace) -> Path:
-    config = tmp / "gateway.toml"
     room = args.n + 10  # the warm-up's connections may still be open
-    config.write_text(textwrap.dedent(f"""
-        [server]
-        host = "127.0.0.1"
-        port = 0
-        heartbeat_s = {args.heartbeat_s}
-        max_connections = {room}
-        max_streams = {room}
-        [log]
-        path = "{tmp / 'requests.log'}"
-        [providers.mock]
-        dialect = "openai"
-        base_url = "{mock_url}/oa/v1"
-        forward_headers = ["x-mock-"]
-        max_connections = {args.n}
-        [providers.mock.timeouts]
-        idle_s = {args.idle_s}
-        [routes.chat]
-        arms = [{{ name = "only", provider = "mock", model = "m", weight = 100 }}]
-        """))
-    return config
+    return bench_edge_config(tmp, mock_url,
+                             server={"heartbeat_s": args.heartbeat_s, "max_connections": room, "max_streams": room},
+                             provider={"max_connections": args.n}, timeouts={"idle_s": args.idle_s})
 
 
 def analyse(records: list[dict], args: argparse.Namespace, all_open: float, first_end: float) -> dict:

@@ -90,17 +90,17 @@ async def test_the_timer_firing_between_reads_cancels_nothing() -> None:
     timer.close()
 
 
+async def wait_a_long_read(deadline_s: float) -> None:
+    """A read of 5 s under a timer that fires after ``deadline_s``."""
+    timer = ReadTimer(Clock(deadline_s))
+    try:
+        await timer.wait(lambda: asyncio.sleep(5))
+    finally:
+        timer.close()
+
+
 async def test_a_real_cancellation_during_a_wait_stays_a_cancellation() -> None:
-    timer_task: asyncio.Task[None]
-
-    async def waiter() -> None:
-        timer = ReadTimer(Clock(5))
-        try:
-            await timer.wait(lambda: asyncio.sleep(5))
-        finally:
-            timer.close()
-
-    timer_task = asyncio.create_task(waiter())
+    timer_task = asyncio.create_task(wait_a_long_read(5))
     await asyncio.sleep(0.01)
     timer_task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -108,14 +108,7 @@ async def test_a_real_cancellation_during_a_wait_stays_a_cancellation() -> None:
 
 
 async def test_a_cancellation_at_the_moment_the_timer_fires_is_not_taken_for_a_timeout() -> None:
-    async def waiter() -> None:
-        timer = ReadTimer(Clock(0.01))
-        try:
-            await timer.wait(lambda: asyncio.sleep(5))
-        finally:
-            timer.close()
-
-    task = asyncio.create_task(waiter())
+    task = asyncio.create_task(wait_a_long_read(0.01))
     await asyncio.sleep(0)
     loop = asyncio.get_running_loop()
     loop.call_at(loop.time() + 0.01, task.cancel)  # the request is cancelled in the same instant
