@@ -143,6 +143,50 @@ def test_cost_of_1e308_on_two_lines_gives_the_mean_and_a_message_not_a_traceback
     assert orjson.loads(render_json(rep))["arms"]["control"]["cost_usd"] is None
 
 
+def test_latencies_near_1e308_give_their_mean_not_inf():
+    with load([_stream([record(latency_ms=1e308), record(latency_ms=1.5e308)])]) as ds:
+        rep = summarize(ds)
+    assert rep.arms["control"].latency_mean_ms == 1.25e308
+
+
+def test_an_arms_figures_gather_every_outcome_and_hedge_group():
+    import math
+    import random
+
+    import numpy as np
+    from scipy import stats
+
+    rng = random.Random(11)
+    recs = []
+    for _ in range(60):
+        outcome = rng.choice(["ok", "ok", "ok", "upstream_error", "truncated", "timeout_idle"])
+        hedged = rng.random() < 0.3
+        recs.append(record(schema=2, arm=rng.choice(["control", "canary"]), outcome=outcome,
+                           ttft_ms=round(rng.uniform(50, 900), 1), latency_ms=round(rng.uniform(500, 3000), 1),
+                           cost_usd=round(rng.uniform(0.0001, 0.003), 6), hedged=hedged,
+                           hedge_cost_usd=0.0001 if hedged else None))
+    recs.append(record(schema=2, arm="canary", outcome="client_disconnected", cost_usd=0.002,
+                       hedged=False))  # a group of one
+    with load([_stream(recs)]) as ds:
+        rep = summarize(ds, control="control")
+    for arm in ("control", "canary"):
+        mine = [r for r in recs if r["arm"] == arm]
+        ok = [r["latency_ms"] for r in mine if r["outcome"] == "ok"]
+        a, s = ds.arms[arm], rep.arms[arm]
+        assert (a.requests, a.successes, a.hedged) == (len(mine), len(ok), sum(r["hedged"] for r in mine))
+        assert a.outcomes == {o: sum(r["outcome"] == o for r in mine) for o in {r["outcome"] for r in mine}}
+        assert s.ttft_p50_ms == pytest.approx(np.percentile([r["ttft_ms"] for r in mine], 50), rel=1e-12)
+        assert s.latency_p95_ms == pytest.approx(np.percentile(ok, 95), rel=1e-12)
+        assert s.latency_mean_ms == pytest.approx(math.fsum(ok) / len(ok), rel=1e-15)
+        hedged = [r["ttft_ms"] for r in mine if r["hedged"]]
+        assert a.ttft_p95_hedged_ms == pytest.approx(np.percentile(hedged, 95), rel=1e-12)
+        assert a.hedge_cost_usd == pytest.approx(0.0001 * len(hedged), rel=1e-12)
+        assert s.cost_usd == pytest.approx(math.fsum(r["cost_usd"] for r in mine), rel=1e-15)
+    costs = {arm: [r["cost_usd"] for r in recs if r["arm"] == arm] for arm in ("control", "canary")}
+    welch = stats.ttest_ind(costs["canary"], costs["control"], equal_var=False).pvalue
+    assert rep.comparisons[0].cost.p_value == pytest.approx(welch, rel=1e-9)
+
+
 def test_token_counts_beyond_64_bits_are_summed_exactly():
     big = 2**63
     huge = 2**100

@@ -214,23 +214,24 @@ _TWO64 = 2**64
 
 def _summary_sql(source: str, split: bool) -> str:
     """Everything the report needs from the lines of ``source`` (the quick
-    scan, or the table ``lines``), one row per kind and arm, in one pass: the
-    counts, sums and extremes, the outcomes, the cost moments, and the
-    durations themselves (the statistics need whole samples): TTFT of any
-    outcome, hedged and not, and latency of ok requests.  Only kind 0's
-    figures are used; the other kinds are counted."""
+    scan, or the table ``lines``), in one pass: one row per kind, arm,
+    outcome and hedged or not, with the line count, sums and extremes, the
+    cost moments, and the durations themselves (the statistics need whole
+    samples).  Grouping by outcome and hedging counts the outcomes and
+    separates the samples (TTFT hedged and not, latency of ok requests)
+    without a filter or a map per line.  Only kind 0's figures are used;
+    the other kinds are counted."""
     def tokens(col: str, cond: str = "") -> str:
         where = f" FILTER ({cond})" if cond else ""
         if not split:
             return f"sum({col}){where}, 0"
         return f"sum({col} // {_TWO64}){where}, sum({col} % {_TWO64}){where}"
     return f"""
-SELECT kind, arm, count(*), histogram(outcome), count(*) FILTER (fb), count(*) FILTER (hg), min(us), max(us),
+SELECT kind, arm, count(*), outcome, hg, count(*) FILTER (fb), min(us), max(us),
        {tokens("pt")}, {tokens("ct")}, {tokens("ct", "cost IS NOT NULL")},
-       count(cost), max(cost), fsum(cost), var_samp(cost), fsum(hcost) FILTER (hg),
-       list(ttft) FILTER (ttft IS NOT NULL AND hg), list(ttft) FILTER (ttft IS NOT NULL AND NOT hg),
-       list(lat) FILTER (lat IS NOT NULL AND outcome = 'ok')
-FROM {source} GROUP BY kind, arm
+       count(cost), max(cost), fsum(cost), var_samp(cost), fsum(hcost), fsum(lat),
+       list(ttft) FILTER (ttft IS NOT NULL), list(lat) FILTER (lat IS NOT NULL)
+FROM {source} GROUP BY kind, arm, outcome, hg
 """
 
 
@@ -266,6 +267,7 @@ class ArmData:
     outcomes: dict[str, int] = field(default_factory=dict)
     ttft: Sample = field(default_factory=lambda: Sample([], []))      # ttft_ms, any outcome
     latency: Sample = field(default_factory=lambda: Sample([], []))   # latency_ms, ok only
+    latency_sum_ms: float = 0.0                    # of those latencies (DuckDB's fsum)
     prompt_tokens: int = 0
     completion_tokens: int = 0
     priced_completion_tokens: int = 0
@@ -284,6 +286,16 @@ class ArmData:
     @property
     def cost_usd(self) -> float:
         return rescale(self.cost_sum_scaled, self.cost_exp)
+
+    def latency_mean_ms(self) -> float | None:
+        """The mean latency of ok requests: their sum over their count, or
+        where the sum overflows (latencies near 1e308), the sample's own
+        overflow-safe mean."""
+        if not len(self.latency):
+            return None
+        if math.isfinite(self.latency_sum_ms):
+            return self.latency_sum_ms / len(self.latency)
+        return self.latency.mean()
 
 
 @dataclass
@@ -540,7 +552,7 @@ def _present(x: Any) -> bool:
 
 
 def _array(*lists: Any) -> Any:
-    """The values of list columns (NULL where a FILTER left none) as one float64 array."""
+    """The values of list cells (NULL where a FILTER left none) as one float64 array."""
     import numpy as np
 
     parts = [x for x in lists if _present(x)]
@@ -560,6 +572,19 @@ def _samples(arrays: list[Any]) -> list[Sample]:
         return list(pool.map(Sample.of, arrays))
 
 
+def _pooled_cost(groups: list[tuple[int, float, float]]) -> tuple[float, float | None]:
+    """The sum and sample variance of an arm's costs from each group's count,
+    sum and sample variance (0 for a group of one): the groups' squared
+    deviations plus each group's count times its mean's squared deviation."""
+    n = sum(k for k, _, _ in groups)
+    total = math.fsum(s for _, s, _ in groups)
+    if n < 2:
+        return total, None
+    mean = total / n
+    m2 = math.fsum((k - 1) * var + k * (s / k - mean) ** 2 for k, s, var in groups)
+    return total, m2 / (n - 1)
+
+
 def _per_arm(reader: _Reader, ds: Dataset, rows: list[tuple[Any, ...]]) -> None:
     unit = _TWO64 if reader.split else 1
 
@@ -567,27 +592,55 @@ def _per_arm(reader: _Reader, ds: Dataset, rows: list[tuple[Any, ...]]) -> None:
         return int(hi or 0) * unit + int(lo or 0)
 
     max_cost = 0.0
-    cost_sums: dict[str, tuple[float, float | None]] = {}
-    # per arm: its TTFTs, its latencies and, when it hedged, its hedged and other TTFTs
-    durations: dict[str, list[Any]] = {}
-    for (kind, arm, n, outcomes, fallbacks, hedged, first, last, pt_hi, pt_lo, ct_hi, ct_lo, pct_hi, pct_lo,
-         priced, arm_max_cost, cost_sum, cost_var, hedge_cost, ttft_hedged, ttft_rest, latency) in rows:
+    costs: dict[str, list[tuple[int, float, float]]] = {}  # per arm: each group's priced, sum, variance
+    hedge_costs: dict[str, list[float]] = {}
+    latency_sums: dict[str, list[float]] = {}
+    # per arm: the groups' hedged TTFTs, other TTFTs and ok latencies
+    parts: dict[str, tuple[list[Any], list[Any], list[Any]]] = {}
+    for (kind, arm, n, outcome, hedged, fallbacks, first, last, pt_hi, pt_lo, ct_hi, ct_lo, pct_hi, pct_lo,
+         priced, group_max_cost, cost_sum, cost_var, hedge_cost, latency_sum, ttfts, latencies) in rows:
         if kind != 0:
             continue
-        a = ds.arms[arm] = ArmData(name=arm, requests=int(n), first_us=int(first), last_us=int(last))
-        a.outcomes = {k: int(v) for k, v in sorted(outcomes.items())}
-        a.successes = a.outcomes.get("ok", 0)
-        a.fallbacks, a.hedged, a.priced = int(fallbacks), int(hedged), int(priced)
-        a.prompt_tokens = join(pt_hi, pt_lo)
-        a.completion_tokens = join(ct_hi, ct_lo)
-        a.priced_completion_tokens = join(pct_hi, pct_lo)
+        if arm not in ds.arms:
+            ds.arms[arm] = ArmData(name=arm)
+            parts[arm] = ([], [], [])
+        a = ds.arms[arm]
+        a.requests += int(n)
+        a.outcomes[outcome] = a.outcomes.get(outcome, 0) + int(n)
+        a.fallbacks += int(fallbacks)
+        a.first_us = int(first) if a.first_us is None else min(a.first_us, int(first))
+        a.last_us = int(last) if a.last_us is None else max(a.last_us, int(last))
+        a.prompt_tokens += join(pt_hi, pt_lo)
+        a.completion_tokens += join(ct_hi, ct_lo)
+        a.priced_completion_tokens += join(pct_hi, pct_lo)
         if priced:
-            max_cost = max(max_cost, float(arm_max_cost))
-            cost_sums[arm] = (float(cost_sum), float(cost_var) if _present(cost_var) else None)
-        durations[arm] = [_array(ttft_hedged, ttft_rest), _array(latency)]
+            a.priced += int(priced)
+            max_cost = max(max_cost, float(group_max_cost))
+            costs.setdefault(arm, []).append(
+                (int(priced), float(cost_sum), float(cost_var) if _present(cost_var) else 0.0))
+        hedged_ttfts, other_ttfts, ok_latencies = parts[arm]
+        if hedged:
+            a.hedged += int(n)
+            hedged_ttfts.append(ttfts)
+            if _present(hedge_cost):
+                hedge_costs.setdefault(arm, []).append(float(hedge_cost))
+        else:
+            other_ttfts.append(ttfts)
+        if outcome == "ok":
+            ok_latencies.append(latencies)
+            if _present(latency_sum):
+                latency_sums.setdefault(arm, []).append(float(latency_sum))
+    # per arm: its TTFTs, its latencies and, when it hedged, its hedged and other TTFTs
+    durations: dict[str, list[Any]] = {}
+    for arm, (hedged_ttfts, other_ttfts, ok_latencies) in parts.items():
+        a = ds.arms[arm]
+        a.outcomes = dict(sorted(a.outcomes.items()))
+        a.successes = a.outcomes.get("ok", 0)
+        a.hedge_cost_usd = math.fsum(hedge_costs.get(arm, ()))
+        a.latency_sum_ms = math.fsum(latency_sums.get(arm, ()))
+        durations[arm] = [_array(*hedged_ttfts, *other_ttfts), _array(*ok_latencies)]
         if a.hedged:
-            durations[arm] += [_array(ttft_hedged), _array(ttft_rest)]
-            a.hedge_cost_usd = float(hedge_cost) if _present(hedge_cost) else 0.0
+            durations[arm] += [_array(*hedged_ttfts), _array(*other_ttfts)]
     samples = iter(_samples([x for arrays in durations.values() for x in arrays]))
     for arm in durations:
         a = ds.arms[arm]
@@ -599,6 +652,7 @@ def _per_arm(reader: _Reader, ds: Dataset, rows: list[tuple[Any, ...]]) -> None:
             a.ttft_p95_unhedged_ms = percentile(a.ttft, 95)
     if not ds.arms:
         return
+    cost_sums = {arm: _pooled_cost(groups) for arm, groups in costs.items()}
     exp = 0
     overflowed = not all(math.isfinite(x) for pair in cost_sums.values() for x in pair if x is not None)
     if overflowed or (max_cost > 0 and not _COST_SAFE[0] <= max_cost < _COST_SAFE[1]):

@@ -191,7 +191,7 @@ def _arm_stats(a: ArmData) -> ArmStats:
         latency_p50_ms=percentile(lat, 50),
         latency_p95_ms=percentile(lat, 95),
         latency_p99_ms=percentile(lat, 99),
-        latency_mean_ms=lat.mean(),
+        latency_mean_ms=a.latency_mean_ms(),
         prompt_tokens=a.prompt_tokens,
         completion_tokens=a.completion_tokens,
         priced_requests=priced,
