@@ -171,10 +171,12 @@ def mann_whitney_u(a: Any, b: Any) -> tuple[float, float, float]:
     n = n1 + n2
     # t^3 - t summed over the tied groups of both samples pooled: a value in
     # both, with t = ka + kb, adds 3 ka kb (ka + kb) to each sample's own term
+    # (sums of products, not np.dot: a float dot product goes to BLAS, whose
+    # threads spin on the cores after it)
     fa, fb = ka.astype(np.float64), kb.astype(np.float64)
     sa_, sb_ = fa[shared], kb_at[shared].astype(np.float64)
-    tie_term = (float(np.dot(fa * fa, fa)) - n1 + float(np.dot(fb * fb, fb)) - n2
-                + 3 * float(np.dot(sa_ * sb_, sa_ + sb_)))
+    tie_term = (float(np.sum(fa * fa * fa)) - n1 + float(np.sum(fb * fb * fb)) - n2
+                + 3 * float(np.sum(sa_ * sb_ * (sa_ + sb_))))
     var = n1 * n2 / 12 * ((n + 1) - tie_term / (n * (n - 1))) if n > 1 else 0.0
     if var <= 0:
         return u1, 1.0, prob
