@@ -585,6 +585,18 @@ def _pooled_cost(groups: list[tuple[int, float, float]]) -> tuple[float, float |
     return total, m2 / (n - 1)
 
 
+@dataclass
+class _ArmGroups:
+    """What an arm's summary rows (one per outcome and hedged or not) hold
+    that is joined only once all are read."""
+    costs: list[tuple[int, float, float]] = field(default_factory=list)  # each group's priced, sum, variance
+    hedge_costs: list[float] = field(default_factory=list)
+    latency_sums: list[float] = field(default_factory=list)   # of ok requests
+    hedged_ttfts: list[Any] = field(default_factory=list)     # list cells, one per group
+    other_ttfts: list[Any] = field(default_factory=list)
+    ok_latencies: list[Any] = field(default_factory=list)
+
+
 def _per_arm(reader: _Reader, ds: Dataset, rows: list[tuple[Any, ...]]) -> None:
     unit = _TWO64 if reader.split else 1
 
@@ -592,19 +604,13 @@ def _per_arm(reader: _Reader, ds: Dataset, rows: list[tuple[Any, ...]]) -> None:
         return int(hi or 0) * unit + int(lo or 0)
 
     max_cost = 0.0
-    costs: dict[str, list[tuple[int, float, float]]] = {}  # per arm: each group's priced, sum, variance
-    hedge_costs: dict[str, list[float]] = {}
-    latency_sums: dict[str, list[float]] = {}
-    # per arm: the groups' hedged TTFTs, other TTFTs and ok latencies
-    parts: dict[str, tuple[list[Any], list[Any], list[Any]]] = {}
+    groups: dict[str, _ArmGroups] = {}
     for (kind, arm, n, outcome, hedged, fallbacks, first, last, pt_hi, pt_lo, ct_hi, ct_lo, pct_hi, pct_lo,
          priced, group_max_cost, cost_sum, cost_var, hedge_cost, latency_sum, ttfts, latencies) in rows:
         if kind != 0:
             continue
-        if arm not in ds.arms:
-            ds.arms[arm] = ArmData(name=arm)
-            parts[arm] = ([], [], [])
-        a = ds.arms[arm]
+        a = ds.arms.setdefault(arm, ArmData(name=arm))
+        g = groups.setdefault(arm, _ArmGroups())
         a.requests += int(n)
         a.outcomes[outcome] = a.outcomes.get(outcome, 0) + int(n)
         a.fallbacks += int(fallbacks)
@@ -616,31 +622,29 @@ def _per_arm(reader: _Reader, ds: Dataset, rows: list[tuple[Any, ...]]) -> None:
         if priced:
             a.priced += int(priced)
             max_cost = max(max_cost, float(group_max_cost))
-            costs.setdefault(arm, []).append(
-                (int(priced), float(cost_sum), float(cost_var) if _present(cost_var) else 0.0))
-        hedged_ttfts, other_ttfts, ok_latencies = parts[arm]
+            g.costs.append((int(priced), float(cost_sum), float(cost_var) if _present(cost_var) else 0.0))
         if hedged:
             a.hedged += int(n)
-            hedged_ttfts.append(ttfts)
+            g.hedged_ttfts.append(ttfts)
             if _present(hedge_cost):
-                hedge_costs.setdefault(arm, []).append(float(hedge_cost))
+                g.hedge_costs.append(float(hedge_cost))
         else:
-            other_ttfts.append(ttfts)
+            g.other_ttfts.append(ttfts)
         if outcome == "ok":
-            ok_latencies.append(latencies)
+            g.ok_latencies.append(latencies)
             if _present(latency_sum):
-                latency_sums.setdefault(arm, []).append(float(latency_sum))
+                g.latency_sums.append(float(latency_sum))
     # per arm: its TTFTs, its latencies and, when it hedged, its hedged and other TTFTs
     durations: dict[str, list[Any]] = {}
-    for arm, (hedged_ttfts, other_ttfts, ok_latencies) in parts.items():
+    for arm, g in groups.items():
         a = ds.arms[arm]
         a.outcomes = dict(sorted(a.outcomes.items()))
         a.successes = a.outcomes.get("ok", 0)
-        a.hedge_cost_usd = math.fsum(hedge_costs.get(arm, ()))
-        a.latency_sum_ms = math.fsum(latency_sums.get(arm, ()))
-        durations[arm] = [_array(*hedged_ttfts, *other_ttfts), _array(*ok_latencies)]
+        a.hedge_cost_usd = math.fsum(g.hedge_costs)
+        a.latency_sum_ms = math.fsum(g.latency_sums)
+        durations[arm] = [_array(*g.hedged_ttfts, *g.other_ttfts), _array(*g.ok_latencies)]
         if a.hedged:
-            durations[arm] += [_array(*hedged_ttfts), _array(*other_ttfts)]
+            durations[arm] += [_array(*g.hedged_ttfts), _array(*g.other_ttfts)]
     samples = iter(_samples([x for arrays in durations.values() for x in arrays]))
     for arm in durations:
         a = ds.arms[arm]
@@ -652,7 +656,7 @@ def _per_arm(reader: _Reader, ds: Dataset, rows: list[tuple[Any, ...]]) -> None:
             a.ttft_p95_unhedged_ms = percentile(a.ttft, 95)
     if not ds.arms:
         return
-    cost_sums = {arm: _pooled_cost(groups) for arm, groups in costs.items()}
+    cost_sums = {arm: _pooled_cost(g.costs) for arm, g in groups.items() if g.costs}
     exp = 0
     overflowed = not all(math.isfinite(x) for pair in cost_sums.values() for x in pair if x is not None)
     if overflowed or (max_cost > 0 and not _COST_SAFE[0] <= max_cost < _COST_SAFE[1]):
