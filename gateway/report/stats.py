@@ -174,9 +174,9 @@ def mann_whitney_u(a: Any, b: Any) -> tuple[float, float, float]:
     # (sums of products, not np.dot: a float dot product goes to BLAS, whose
     # threads spin on the cores after it)
     fa, fb = ka.astype(np.float64), kb.astype(np.float64)
-    sa_, sb_ = fa[shared], kb_at[shared].astype(np.float64)
+    both_a, both_b = fa[shared], kb_at[shared].astype(np.float64)   # the counts of the shared values
     tie_term = (float(np.sum(fa * fa * fa)) - n1 + float(np.sum(fb * fb * fb)) - n2
-                + 3 * float(np.sum(sa_ * sb_ * (sa_ + sb_))))
+                + 3 * float(np.sum(both_a * both_b * (both_a + both_b))))
     var = n1 * n2 / 12 * ((n + 1) - tie_term / (n * (n - 1))) if n > 1 else 0.0
     if var <= 0:
         return u1, 1.0, prob
