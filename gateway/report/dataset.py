@@ -609,8 +609,9 @@ def _per_arm(reader: _Reader, ds: Dataset, rows: list[tuple[Any, ...]]) -> None:
          priced, group_max_cost, cost_sum, cost_var, hedge_cost, latency_sum, ttfts, latencies) in rows:
         if kind != 0:
             continue
-        a = ds.arms.setdefault(arm, ArmData(name=arm))
-        g = groups.setdefault(arm, _ArmGroups())
+        if arm not in groups:
+            ds.arms[arm], groups[arm] = ArmData(name=arm), _ArmGroups()
+        a, g = ds.arms[arm], groups[arm]
         a.requests += int(n)
         a.outcomes[outcome] = a.outcomes.get(outcome, 0) + int(n)
         a.fallbacks += int(fallbacks)
