@@ -41,6 +41,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gateway import report  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report_queries import ALONE, floor_sql  # noqa: E402
+
 # arm -> (share, ttft lognormal median ms, sigma, error rate, price per 1k completion tokens)
 ARMS = {
     "control": (0.5, 420.0, 0.5, 0.020, 0.0060),
@@ -121,10 +124,7 @@ def duckdb_alone(pattern: str) -> tuple[float, float, float]:
     t0, c0 = time.perf_counter(), time.process_time()
     con = duckdb.connect()
     q0 = time.perf_counter()
-    con.execute("""
-        SELECT arm, count(*), quantile_cont(ttft_ms, [0.5, 0.95, 0.99])
-        FROM read_ndjson($f, columns = {'arm': 'VARCHAR', 'ttft_ms': 'DOUBLE'})
-        GROUP BY arm""", {"f": pattern}).fetchall()
+    con.execute(ALONE, {"f": pattern}).fetchall()
     query = time.perf_counter() - q0
     con.close()
     return time.perf_counter() - t0, time.process_time() - c0, query
@@ -136,13 +136,10 @@ def floor(pattern: str) -> tuple[float, float]:
     no checks, no aggregates): what any one-scan design over these fields pays."""
     import duckdb
 
-    from gateway.report.dataset import _FIELDS, _scan
-
-    counts = ", ".join(f"count({f})" for f in _FIELDS if f != "route")
+    sql = floor_sql("auto")
     t0, c0 = time.perf_counter(), time.process_time()
     con = duckdb.connect()  # timed from connection to close, as DuckDB alone and the report
-    con.execute(f"SELECT {counts} FROM ({_scan('f', 'auto', typed=True, route=False, file=False)})",
-                {"f": pattern}).fetchall()
+    con.execute(sql, {"f": pattern}).fetchall()
     con.close()
     return time.perf_counter() - t0, time.process_time() - c0
 

@@ -23,10 +23,11 @@ for exactly that step. Steps:
   figures, no samples), **statement** (+ the duration samples: the whole
   statement).
 
-DuckDB runs one thread (alone and in the report): under valgrind threads
-take turns, and a worker spinning while another works would be counted (a
-run with two threads counted DuckDB alone at 8.7 and 18.1 billion
-instructions). Instructions are not time (memory traffic is not counted,
+DuckDB runs one thread (alone and in the report), and OpenBLAS one: under
+valgrind threads take turns, and a worker spinning while another works would
+be counted (a run with two DuckDB threads counted DuckDB alone at 8.7 and
+18.1 billion instructions; idle BLAS workers made some runs take billions
+more, and `--fair-sched=yes` keeps the turns fair). Instructions are not time (memory traffic is not counted,
 and nothing runs in parallel), but the same work gives the same count, so a
 change's effect is read here and its time in bench_report.py.
 Needs valgrind (Debian: `apt-get install valgrind`).
@@ -47,22 +48,21 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
-ALONE = """SELECT arm, count(*), quantile_cont(ttft_ms, [0.5, 0.95, 0.99])
-           FROM read_ndjson($f, columns = {'arm': 'VARCHAR', 'ttft_ms': 'DOUBLE'}) GROUP BY arm"""
+sys.path.insert(0, str(HERE))
+from report_queries import ALONE, floor_sql  # noqa: E402
 
 
 def parts() -> dict[str, str]:
     """The report's statement (gateway/report/dataset.py) built up step by step."""
     from gateway.report import dataset as d
 
-    fields = [f for f in d._FIELDS if f != "route"]
     scan = d._scan("f", "none", True, route=False, file=False)
     quick = d._quick_sql(scan, route=False)
     full = d._summary_sql(f"({quick})", split=False)
     no_samples = re.sub(r",\s*list\(.*?\)\s*FILTER \(.*?\)(?=,|\s*FROM)", ", 0", full, flags=re.S)
     assert no_samples != full and "list(" not in no_samples
     return {
-        "floor": f"SELECT {', '.join(f'count({f})' for f in fields)} FROM ({scan})",
+        "floor": floor_sql("none"),
         "kinds": f"SELECT kind, arm, count(*) FROM ({quick}) GROUP BY kind, arm",
         "aggregates": no_samples,
         "statement": full,
@@ -149,16 +149,19 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-report-instr-") as tmp:
         log = args.log
         if log is None:
-            sys.path.insert(0, str(HERE))
             from bench_report import write_log
 
             log = os.path.join(tmp, "requests.log")
             write_log(log, args.lines)
         out = Path(tmp) / "callgrind.out"
-        env = dict(os.environ, PYTHONHASHSEED="0", PYTHONPATH=str(Path(args.checkout).resolve()))
+        # OpenBLAS starts worker threads when numpy is imported; under valgrind,
+        # whose threads take turns, a spinning one was counted by the billion
+        # in some runs and not others. One BLAS thread, and fair turns.
+        env = dict(os.environ, PYTHONHASHSEED="0", PYTHONPATH=str(Path(args.checkout).resolve()),
+                   OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
         proc = subprocess.run(
-            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, __file__,
-             "--child", log, "1" if args.parts else "0"],
+            ["valgrind", "--tool=callgrind", "--fair-sched=yes", f"--callgrind-out-file={out}",
+             sys.executable, __file__, "--child", log, "1" if args.parts else "0"],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         if proc.returncode != 0:
             print(proc.stderr.decode(errors="replace")[-3000:], file=sys.stderr)

@@ -1,0 +1,21 @@
+"""The queries both report benchmarks run (bench_report.py in time,
+bench_report_instructions.py in instructions).  Nothing here puts a
+checkout on sys.path: the instructions benchmark runs another checkout's
+report by PYTHONPATH."""
+
+from __future__ import annotations
+
+# DuckDB alone: requests and TTFT p50/p95/p99 per arm, of the files in $f
+ALONE = """
+    SELECT arm, count(*), quantile_cont(ttft_ms, [0.5, 0.95, 0.99])
+    FROM read_ndjson($f, columns = {'arm': 'VARCHAR', 'ttft_ms': 'DOUBLE'})
+    GROUP BY arm"""
+
+
+def floor_sql(compression: str) -> str:
+    """The fields the report reads from the files in $f, typed as it reads
+    them, one count each: no checks, no aggregates."""
+    from gateway.report.dataset import _FIELDS, _scan
+
+    counts = ", ".join(f"count({f})" for f in _FIELDS if f != "route")
+    return f"SELECT {counts} FROM ({_scan('f', compression, typed=True, route=False, file=False)})"
