@@ -15,6 +15,7 @@ most 1.5.  Inputs: the plain file, ``--gzip`` a gzip copy, ``--glob N`` the
 log split into N gzip files read through one glob pattern.
 
     .venv/bin/python bench/bench_report.py [--lines N] [--gzip] [--glob N] [--rounds R] [--seed S] [--keep] [--floor]
+        [--operators]
     .venv/bin/python bench/bench_report.py --log FILE_OR_GLOB    # an existing (real) log
 """
 
@@ -42,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from gateway import report  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report_queries import ALONE, floor_sql  # noqa: E402
+from report_queries import ALONE, floor_sql, parts  # noqa: E402
 
 # arm -> (share, ttft lognormal median ms, sigma, error rate, price per 1k completion tokens)
 ARMS = {
@@ -187,6 +188,53 @@ def compare(label: str, pattern: str, lines: int | None, rounds: int, with_floor
     return True
 
 
+def operators(path: str, rounds: int) -> None:
+    """CPU seconds per DuckDB operator (DuckDB's own profiler, summed over
+    threads; the median of ``rounds`` alternating runs) of DuckDB alone's
+    query, the floor and the report's one-pass statement, each on a
+    connection of its own set up as the report's: where the statement's
+    time goes, operator by operator, on a plain file."""
+    import json
+
+    import duckdb
+
+    queries = {"DuckDB alone": ALONE, "floor": parts()["floor"], "report's statement": parts()["statement"]}
+    params = {"f": [path], "since_us": -62135596800 * 10**6}
+    seconds: dict[str, dict[str, list[float]]] = {name: {} for name in queries}
+    with tempfile.TemporaryDirectory(prefix="bench-report-profile-") as tmp:
+        out = os.path.join(tmp, "profile.json")
+        for _ in range(rounds):
+            for name, sql in queries.items():
+                con = duckdb.connect()
+                con.execute("SET TimeZone = 'UTC'")
+                con.execute("SET preserve_insertion_order = false")
+                con.execute("SET enable_profiling = 'json'")
+                con.execute(f"SET profiling_output = '{out}'")
+                con.execute(sql, {k: v for k, v in params.items() if f"${k}" in sql}).fetchnumpy()
+                con.close()
+                with open(out, "rb") as f:
+                    tree = json.load(f)
+                # top down; a name met again (a second PROJECTION) gets its rank
+                per_op: dict[str, float] = {}
+                nodes = list(tree["operator"])
+                while nodes:
+                    node = nodes.pop(0)
+                    name_seen = [k for k in per_op if k.split(" #")[0] == node["name"]]
+                    op = node["name"] + (f" #{len(name_seen) + 1}" if name_seen else "")
+                    per_op[op] = node["timing"]
+                    nodes.extend(node.get("children", []))
+                for op, t in per_op.items():
+                    seconds[name].setdefault(op, []).append(t)
+    base = sum(statistics.median(ts) for ts in seconds["DuckDB alone"].values())
+    print(f"    DuckDB's profiler, CPU seconds per operator (median of {rounds}), x DuckDB alone's total:")
+    for name, ops in seconds.items():
+        total = sum(statistics.median(ts) for ts in ops.values())
+        shown = ", ".join(f"{op} {statistics.median(ts):.3f} s ({statistics.median(ts) / base:.2f}x)"
+                          for op, ts in sorted(ops.items(), key=lambda kv: -statistics.median(kv[1]))
+                          if statistics.median(ts) >= 0.0005)
+        print(f"      {name}: {total:.3f} s ({total / base:.2f}x): {shown}")
+
+
 def split_gzip(path: str, parts: int, directory: str) -> str:
     """The log split into ``parts`` gzip files, as rotated logs of several
     instances; returns the glob pattern matching them."""
@@ -210,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="also benchmark the log split into N gzip files, read by one glob")
     p.add_argument("--floor", action="store_true",
                    help="also time DuckDB reading just the fields the report reads (the floor of one scan)")
+    p.add_argument("--operators", action="store_true",
+                   help="also DuckDB's per-operator CPU time of DuckDB alone, the floor and the report's statement")
     p.add_argument("--keep", action="store_true", help="keep the generated file(s), print paths")
     p.add_argument("--log", metavar="FILE",
                    help="benchmark this existing log or glob (plain or gzip) instead of generating one")
@@ -229,7 +279,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"a DuckDB connection: {(time.perf_counter() - t0) * 1000:.0f} ms, "
           "timed in both (each opens and closes its own)")
     if args.log:
-        return 0 if compare(args.log, args.log, None, args.rounds, args.floor) else 1
+        if not compare(args.log, args.log, None, args.rounds, args.floor):
+            return 1
+        if args.operators:
+            operators(args.log, args.rounds)
+        return 0
 
     tmp = tempfile.mkdtemp(prefix="bench-report-")
     plain = os.path.join(tmp, "requests.log")
@@ -253,6 +307,8 @@ def main(argv: list[str] | None = None) -> int:
         for label, pattern in inputs:
             if not compare(label, pattern, args.lines, args.rounds, args.floor):
                 return 1
+            if args.operators and label == "plain":
+                operators(pattern, args.rounds)
     finally:
         if args.keep:
             print("kept:", tmp)

@@ -49,24 +49,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
 sys.path.insert(0, str(HERE))
-from report_queries import ALONE, floor_sql  # noqa: E402
-
-
-def parts() -> dict[str, str]:
-    """The report's statement (gateway/report/dataset.py) built up step by step."""
-    from gateway.report import dataset as d
-
-    scan = d._scan("f", "none", True, route=False, file=False)
-    quick = d._quick_sql(scan, route=False)
-    full = d._summary_sql(f"({quick})", split=False)
-    no_samples = re.sub(r",\s*list\(.*?\)\s*FILTER \(.*?\)(?=,|\s*FROM)", ", 0", full, flags=re.S)
-    assert no_samples != full and "list(" not in no_samples
-    return {
-        "floor": floor_sql("none"),
-        "kinds": f"SELECT kind, arm, count(*) FROM ({quick}) GROUP BY kind, arm",
-        "aggregates": no_samples,
-        "statement": full,
-    }
+from report_queries import ALONE, parts  # noqa: E402
 
 
 def child(log: str, with_parts: bool) -> None:
