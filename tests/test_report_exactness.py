@@ -103,6 +103,19 @@ def test_percentiles_of_a_grouped_sample_equal_numpys():
     assert grouped.mean() == pytest.approx(xs.mean(), rel=1e-14)
 
 
+def test_samples_merged_from_their_distinct_values_equal_the_sample_of_all_values():
+    rng = np.random.default_rng(5)
+    hedged = np.round(rng.lognormal(5.0, 0.5, 3_000), 1)
+    other = np.round(rng.lognormal(5.5, 0.5, 20_000), 1)   # shares many values with hedged
+    merged = Sample.merged(Sample.of(hedged), Sample.of(other))
+    whole = Sample.of(np.concatenate([hedged, other]))
+    assert np.array_equal(merged.values, whole.values) and np.array_equal(merged.counts, whole.counts)
+    assert len(merged) == 23_000 and percentile(merged, 95) == pytest.approx(np.percentile(whole.expand(), 95))
+    empty = Sample.of([])
+    assert np.array_equal(Sample.merged(empty, Sample.of(other)).counts, Sample.of(other).counts)
+    assert len(Sample.merged(empty, empty)) == 0
+
+
 def test_small_arms_name_the_faster_arm_by_median_not_the_same_median():
     recs = [record(arm="control", ttft_ms=100.0)] * 3 + [record(arm="canary", ttft_ms=160.0)] * 3
     rep = report_of(recs)

@@ -635,7 +635,8 @@ def _per_arm(reader: _Reader, ds: Dataset, rows: list[tuple[Any, ...]]) -> None:
             g.ok_latencies.append(latencies)
             if _present(latency_sum):
                 g.latency_sums.append(float(latency_sum))
-    # per arm: its TTFTs, its latencies and, when it hedged, its hedged and other TTFTs
+    # per arm: its latencies and its TTFTs (when it hedged, the hedged and the
+    # other TTFTs apart, and all of them merged from the two)
     durations: dict[str, list[Any]] = {}
     for arm, g in groups.items():
         a = ds.arms[arm]
@@ -643,18 +644,20 @@ def _per_arm(reader: _Reader, ds: Dataset, rows: list[tuple[Any, ...]]) -> None:
         a.successes = a.outcomes.get("ok", 0)
         a.hedge_cost_usd = math.fsum(g.hedge_costs)
         a.latency_sum_ms = math.fsum(g.latency_sums)
-        durations[arm] = [_array(*g.hedged_ttfts, *g.other_ttfts), _array(*g.ok_latencies)]
+        durations[arm] = [_array(*g.ok_latencies), _array(*g.other_ttfts)]
         if a.hedged:
-            durations[arm] += [_array(*g.hedged_ttfts), _array(*g.other_ttfts)]
+            durations[arm].append(_array(*g.hedged_ttfts))
     samples = iter(_samples([x for arrays in durations.values() for x in arrays]))
     for arm in durations:
         a = ds.arms[arm]
-        a.ttft, a.latency = next(samples), next(samples)
+        a.latency, other = next(samples), next(samples)
+        a.ttft_p95_unhedged_ms = percentile(other, 95)
         if a.hedged:
-            a.ttft_p95_hedged_ms = percentile(next(samples), 95)
-            a.ttft_p95_unhedged_ms = percentile(next(samples), 95)
-        else:  # no hedges (schema 1, or none needed): the rest is every TTFT
-            a.ttft_p95_unhedged_ms = percentile(a.ttft, 95)
+            hedged = next(samples)
+            a.ttft = Sample.merged(hedged, other)
+            a.ttft_p95_hedged_ms = percentile(hedged, 95)
+        else:  # no hedges (schema 1, or none needed): the other TTFTs are all of them
+            a.ttft = other
     if not ds.arms:
         return
     cost_sums = {arm: _pooled_cost(g.costs) for arm, g in groups.items() if g.costs}

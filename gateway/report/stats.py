@@ -102,6 +102,19 @@ class Sample:
         values, counts = np.unique(xs, return_counts=True)
         return cls(values, counts)
 
+    @classmethod
+    def merged(cls, *samples: Sample) -> Sample:
+        """The samples' values together, from their distinct values and counts:
+        a sort of the distinct values (a few ten thousand), not of every value."""
+        values = np.concatenate([s.values for s in samples])
+        counts = np.concatenate([s.counts for s in samples])
+        if not len(values):
+            return cls(values, counts)
+        order = np.argsort(values, kind="stable")
+        values, counts = values[order], counts[order]
+        starts = np.flatnonzero(np.concatenate(([True], values[1:] != values[:-1])))
+        return cls(values[starts], np.add.reduceat(counts, starts))
+
     def __len__(self) -> int:
         return self.n
 
