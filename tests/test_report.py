@@ -8,7 +8,7 @@ import math
 import random
 import sys
 from datetime import UTC, datetime, timedelta
-from statistics import NormalDist
+from statistics import NormalDist, quantiles
 
 import orjson
 import pytest
@@ -575,6 +575,17 @@ def test_schema_2_hedging_shows_hedge_rate_ttft_with_and_without_and_the_extra_c
     assert main([path]) == 0
     text = capsys.readouterr().out
     assert "hedge rate" in text and "hedge extra cost" in text
+
+
+def test_an_arm_whose_every_request_hedged_has_its_ttft_from_the_hedged_ones(tmp_path, capsys):
+    ttfts = [300.0 + 11.5 * i for i in range(20)]
+    path = write_log(tmp_path / "r.log", [record(schema=2, arm="control", ttft_ms=t, hedged=True, hedge_cost_usd=0.0)
+                                          for t in ttfts])
+    assert main([path, "--format", "json"]) == 0
+    arm = orjson.loads(capsys.readouterr().out)["arms"]["control"]
+    assert arm["hedge_rate"] == 1.0 and arm["ttft_p95_unhedged_ms"] is None
+    assert arm["ttft_p95_hedged_ms"] == arm["ttft_p95_ms"] == pytest.approx(
+        quantiles(ttfts, n=20, method="inclusive")[-1])   # type 7, as numpy's default
 
 
 def test_a_schema_1_log_reads_as_never_hedged(tmp_path, capsys):
