@@ -106,14 +106,10 @@ class Sample:
     def merged(cls, *samples: Sample) -> Sample:
         """The samples' values together, from their distinct values and counts:
         a sort of the distinct values (a few ten thousand), not of every value."""
-        values = np.concatenate([s.values for s in samples])
-        counts = np.concatenate([s.counts for s in samples])
-        if not len(values):
-            return cls(values, counts)
-        order = np.argsort(values, kind="stable")
-        values, counts = values[order], counts[order]
-        starts = np.flatnonzero(np.concatenate(([True], values[1:] != values[:-1])))
-        return cls(values[starts], np.add.reduceat(counts, starts))
+        values, where = np.unique(np.concatenate([s.values for s in samples]), return_inverse=True)
+        counts = np.zeros(len(values), dtype=np.int64)
+        np.add.at(counts, where, np.concatenate([s.counts for s in samples]))
+        return cls(values, counts)
 
     def __len__(self) -> int:
         return self.n
