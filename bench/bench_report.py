@@ -43,7 +43,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from gateway import report  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report_queries import ALONE, floor_sql, parts  # noqa: E402
+# parts renamed: main and split_gzip have a `parts` of their own
+from report_queries import ALONE, floor_sql, params  # noqa: E402
+from report_queries import parts as statement_parts  # noqa: E402
 
 # arm -> (share, ttft lognormal median ms, sigma, error rate, price per 1k completion tokens)
 ARMS = {
@@ -198,8 +200,9 @@ def operators(path: str, rounds: int) -> None:
 
     import duckdb
 
-    queries = {"DuckDB alone": ALONE, "floor": parts()["floor"], "report's statement": parts()["statement"]}
-    params = {"f": [path], "since_us": -62135596800 * 10**6}
+    statement = statement_parts()
+    queries = {"DuckDB alone": ALONE, "floor": statement["floor"], "report's statement": statement["statement"]}
+    given = params([path])
     seconds: dict[str, dict[str, list[float]]] = {name: {} for name in queries}
     with tempfile.TemporaryDirectory(prefix="bench-report-profile-") as tmp:
         out = os.path.join(tmp, "profile.json")
@@ -210,21 +213,19 @@ def operators(path: str, rounds: int) -> None:
                 con.execute("SET preserve_insertion_order = false")
                 con.execute("SET enable_profiling = 'json'")
                 con.execute(f"SET profiling_output = '{out}'")
-                con.execute(sql, {k: v for k, v in params.items() if f"${k}" in sql}).fetchnumpy()
+                con.execute(sql, {k: v for k, v in given.items() if f"${k}" in sql}).fetchnumpy()
                 con.close()
                 with open(out, "rb") as f:
                     tree = json.load(f)
                 # top down; a name met again (a second PROJECTION) gets its rank
-                per_op: dict[str, float] = {}
+                met: dict[str, int] = {}
                 nodes = list(tree["operator"])
                 while nodes:
                     node = nodes.pop(0)
-                    name_seen = [k for k in per_op if k.split(" #")[0] == node["name"]]
-                    op = node["name"] + (f" #{len(name_seen) + 1}" if name_seen else "")
-                    per_op[op] = node["timing"]
+                    met[node["name"]] = rank = met.get(node["name"], 0) + 1
+                    op = node["name"] + (f" #{rank}" if rank > 1 else "")
+                    seconds[name].setdefault(op, []).append(node["timing"])
                     nodes.extend(node.get("children", []))
-                for op, t in per_op.items():
-                    seconds[name].setdefault(op, []).append(t)
     base = sum(statistics.median(ts) for ts in seconds["DuckDB alone"].values())
     print(f"    DuckDB's profiler, CPU seconds per operator (median of {rounds}), x DuckDB alone's total:")
     for name, ops in seconds.items():

@@ -49,7 +49,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
 sys.path.insert(0, str(HERE))
-from report_queries import ALONE, parts  # noqa: E402
+from report_queries import ALONE, params, parts  # noqa: E402
 
 
 def child(log: str, with_parts: bool) -> None:
@@ -72,10 +72,10 @@ def child(log: str, with_parts: bool) -> None:
     con.execute("SET threads = 1")
     con.execute("SET TimeZone = 'UTC'")
     con.execute("SET preserve_insertion_order = false")
-    params = {"f": [log], "since_us": -62135596800 * 10**6}
+    given = params([log])
 
     def query(sql: str):
-        return lambda: con.execute(sql, {k: v for k, v in params.items() if f"${k}" in sql}).fetchnumpy()
+        return lambda: con.execute(sql, {k: v for k, v in given.items() if f"${k}" in sql}).fetchnumpy()
 
     def run_report() -> None:
         with contextlib.redirect_stdout(io.StringIO()):

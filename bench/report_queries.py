@@ -14,6 +14,14 @@ ALONE = """
     GROUP BY arm"""
 
 
+def params(files: list[str]) -> dict[str, object]:
+    """The parameters of these queries on ``files``: the report's own for a
+    run without ``--since``."""
+    from gateway.report.dataset import _since_us
+
+    return {"f": files, "since_us": _since_us(None)[1]}
+
+
 def floor_sql(compression: str) -> str:
     """The fields the report reads from the files in $f, typed as it reads
     them, one count each: no checks, no aggregates."""
