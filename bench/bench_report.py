@@ -15,7 +15,7 @@ most 1.5.  Inputs: the plain file, ``--gzip`` a gzip copy, ``--glob N`` the
 log split into N gzip files read through one glob pattern.
 
     .venv/bin/python bench/bench_report.py [--lines N] [--gzip] [--glob N] [--rounds R] [--seed S] [--keep] [--floor]
-        [--operators]
+        [--detected] [--operators]
     .venv/bin/python bench/bench_report.py --log FILE_OR_GLOB    # an existing (real) log
 """
 
@@ -44,7 +44,7 @@ from gateway import report  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 # parts renamed: main and split_gzip have a `parts` of their own
-from report_queries import ALONE, floor_sql, params  # noqa: E402
+from report_queries import ALONE, ALONE_DETECTED, floor_sql, params  # noqa: E402
 from report_queries import parts as statement_parts  # noqa: E402
 
 # arm -> (share, ttft lognormal median ms, sigma, error rate, price per 1k completion tokens)
@@ -117,7 +117,7 @@ def write_log(path: str, lines: int, seed: int = 1, gz: bool = False) -> None:
             f.write(b"\n".join(buf) + b"\n")
 
 
-def duckdb_alone(pattern: str) -> tuple[float, float, float]:
+def duckdb_alone(pattern: str, sql: str = ALONE) -> tuple[float, float, float]:
     """(wall, CPU, query wall) seconds of DuckDB alone: requests and TTFT
     p50/p95/p99 per arm.  Wall and CPU run from the connection to its close,
     as the report's do (it opens and closes its own, and closing frees what
@@ -127,7 +127,7 @@ def duckdb_alone(pattern: str) -> tuple[float, float, float]:
     t0, c0 = time.perf_counter(), time.process_time()
     con = duckdb.connect()
     q0 = time.perf_counter()
-    con.execute(ALONE, {"f": pattern}).fetchall()
+    con.execute(sql, {"f": pattern}).fetchall()
     query = time.perf_counter() - q0
     con.close()
     return time.perf_counter() - t0, time.process_time() - c0, query
@@ -156,15 +156,18 @@ def run_report(pattern: str) -> tuple[float, float, int]:
     return time.perf_counter() - t0, time.process_time() - c0, rc
 
 
-def compare(label: str, pattern: str, lines: int | None, rounds: int, with_floor: bool = False) -> bool:
+def compare(label: str, pattern: str, lines: int | None, rounds: int, with_floor: bool = False,
+            with_detected: bool = False) -> bool:
     """Alternate baseline and report ``rounds`` times; print the medians of
     wall time (what the target is about) and of CPU time (all threads; it
     moves far less than wall time when other work shares the machine)."""
-    base, took, floors = [], [], []
+    base, took, floors, detected = [], [], [], []
     for _ in range(rounds):
         base.append(duckdb_alone(pattern))   # also warms the page cache
         if with_floor:
             floors.append(floor(pattern))
+        if with_detected:
+            detected.append(duckdb_alone(pattern, ALONE_DETECTED))
         wall, cpu, rc = run_report(pattern)
         if rc != 0:
             print(f"report exited with {rc}", file=sys.stderr)
@@ -187,6 +190,10 @@ def compare(label: str, pattern: str, lines: int | None, rounds: int, with_floor
         fw, fc = (statistics.median(x[i] for x in floors) for i in (0, 1))
         print(f"    floor (DuckDB reading the report's fields, nothing else): {fw:.2f} s, ratio {fw / bw:.2f}x; "
               f"CPU {fc:.2f} s, ratio {fc / bc:.2f}x")
+    if detected:
+        dw = statistics.median(x[0] for x in detected)
+        print(f"    DuckDB alone with the schema detected (read_ndjson(file), as typed by hand; not the target's "
+              f"baseline): {dw:.2f} s, {dw / bw:.2f}x the baseline; the report against it: {rw / dw:.2f}x")
     return True
 
 
@@ -259,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="also benchmark the log split into N gzip files, read by one glob")
     p.add_argument("--floor", action="store_true",
                    help="also time DuckDB reading just the fields the report reads (the floor of one scan)")
+    p.add_argument("--detected", action="store_true",
+                   help="also time DuckDB alone with the schema detected, as typed by hand (shown beside, not judged)")
     p.add_argument("--operators", action="store_true",
                    help="also DuckDB's per-operator CPU time of DuckDB alone, the floor and the report's statement")
     p.add_argument("--keep", action="store_true", help="keep the generated file(s), print paths")
@@ -280,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"a DuckDB connection: {(time.perf_counter() - t0) * 1000:.0f} ms, "
           "timed in both (each opens and closes its own)")
     if args.log:
-        if not compare(args.log, args.log, None, args.rounds, args.floor):
+        if not compare(args.log, args.log, None, args.rounds, args.floor, args.detected):
             return 1
         if args.operators:
             operators(args.log, args.rounds)
@@ -306,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
           f" -> {tmp}")
     try:
         for label, pattern in inputs:
-            if not compare(label, pattern, args.lines, args.rounds, args.floor):
+            if not compare(label, pattern, args.lines, args.rounds, args.floor, args.detected):
                 return 1
             if args.operators and label == "plain":
                 operators(pattern, args.rounds)

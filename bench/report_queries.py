@@ -13,6 +13,14 @@ ALONE = """
     FROM read_ndjson($f, columns = {'arm': 'VARCHAR', 'ttft_ms': 'DOUBLE'})
     GROUP BY arm"""
 
+# The same, as one types it by hand: DuckDB detects the schema from a sample
+# of the lines.  Shown beside (bench_report.py --detected); the target's
+# baseline is ALONE, which is told the two fields' types.
+ALONE_DETECTED = """
+    SELECT arm, count(*), quantile_cont(ttft_ms, [0.5, 0.95, 0.99])
+    FROM read_ndjson($f)
+    GROUP BY arm"""
+
 
 def params(files: list[str]) -> dict[str, object]:
     """The parameters of these queries on ``files``: the report's own for a
