@@ -118,10 +118,11 @@ def write_log(path: str, lines: int, seed: int = 1, gz: bool = False) -> None:
 
 
 def duckdb_alone(pattern: str, sql: str = ALONE) -> tuple[float, float, float]:
-    """(wall, CPU, query wall) seconds of DuckDB alone: requests and TTFT
-    p50/p95/p99 per arm.  Wall and CPU run from the connection to its close,
-    as the report's do (it opens and closes its own, and closing frees what
-    the query used); the query's own wall time is kept beside them."""
+    """(wall, CPU, query wall) seconds of DuckDB alone running ``sql`` on the
+    files in ``pattern`` (by default requests and TTFT p50/p95/p99 per arm).
+    Wall and CPU run from the connection to its close, as the report's do (it
+    opens and closes its own, and closing frees what the query used); the
+    query's own wall time is kept beside them."""
     import duckdb
 
     t0, c0 = time.perf_counter(), time.process_time()
@@ -131,20 +132,6 @@ def duckdb_alone(pattern: str, sql: str = ALONE) -> tuple[float, float, float]:
     query = time.perf_counter() - q0
     con.close()
     return time.perf_counter() - t0, time.process_time() - c0, query
-
-
-def floor(pattern: str) -> tuple[float, float]:
-    """(wall, CPU) seconds DuckDB takes just to read the fields the report
-    checks, typed as the report reads them (one count per field,
-    no checks, no aggregates): what any one-scan design over these fields pays."""
-    import duckdb
-
-    sql = floor_sql("auto")
-    t0, c0 = time.perf_counter(), time.process_time()
-    con = duckdb.connect()  # timed from connection to close, as DuckDB alone and the report
-    con.execute(sql, {"f": pattern}).fetchall()
-    con.close()
-    return time.perf_counter() - t0, time.process_time() - c0
 
 
 def run_report(pattern: str) -> tuple[float, float, int]:
@@ -161,11 +148,15 @@ def compare(label: str, pattern: str, lines: int | None, rounds: int, with_floor
     """Alternate baseline and report ``rounds`` times; print the medians of
     wall time (what the target is about) and of CPU time (all threads; it
     moves far less than wall time when other work shares the machine)."""
+    # the floor: DuckDB reading just the fields the report checks, typed as
+    # the report reads them (one count per field, no checks, no aggregates):
+    # what any one-scan design over these fields pays
+    floor = floor_sql("auto")
     base, took, floors, detected = [], [], [], []
     for _ in range(rounds):
         base.append(duckdb_alone(pattern))   # also warms the page cache
         if with_floor:
-            floors.append(floor(pattern))
+            floors.append(duckdb_alone(pattern, floor))
         if with_detected:
             detected.append(duckdb_alone(pattern, ALONE_DETECTED))
         wall, cpu, rc = run_report(pattern)
